@@ -1,0 +1,1 @@
+"""Agents (multi-task SAC variants) for the MT10 trainer."""

@@ -1,0 +1,1 @@
+"""The runtime around the aggregators: per-task gradients, trainers, evaluation, logging."""
