@@ -129,6 +129,10 @@ class Aggregator(nn.Module):
         """Hook called by trainers after the optimiser step with the new losses on the same
         batch (FAMO uses it); a no-op for other methods."""
 
+    def end_epoch(self) -> None:
+        """Hook called by trainers at the end of each epoch (epoch-level DWA uses it);
+        a no-op for other methods."""
+
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}"
 
@@ -173,8 +177,16 @@ class LossWeighting(Aggregator):
     needs_losses = True
 
     def combine(self, losses: Tensor) -> Tensor:
-        """The scalar objective to back-propagate once (differentiable in ``losses``)."""
+        """The scalar objective to back-propagate once (differentiable in ``losses``).
+
+        Must be a deterministic function of the losses and the method's state: it is
+        evaluated more than once per step.  Per-step randomness or bookkeeping belongs in
+        :meth:`begin_step`."""
         raise NotImplementedError
+
+    def begin_step(self, losses: Tensor) -> None:
+        """Called exactly once per training step, before ``combine``, with the detached
+        losses (RLW draws its weights here, DWA records its loss history)."""
 
     def loss(self, losses: Tensor) -> Tensor:
         """Validated ``combine``: use this in a training loop, then ``.backward()``.
@@ -187,6 +199,7 @@ class LossWeighting(Aggregator):
             )
         if self.check_inputs:
             check_finite("losses", losses)
+        self.begin_step(losses.detach())
         total = self.combine(losses)
         self.weights = self._loss_weights(losses.detach())[0]
         return total
@@ -202,6 +215,7 @@ class LossWeighting(Aggregator):
         return w.detach(), list(out[1:])
 
     def aggregate(self, grads: Tensor, losses: Tensor | None) -> Tensor:
+        self.begin_step(losses)
         w, param_grads = self._loss_weights(losses)
         for p, g in zip([p for p in self.parameters() if p.requires_grad], param_grads):
             p.grad = None if g is None else g.to(p.dtype)
