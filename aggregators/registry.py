@@ -23,12 +23,15 @@ def register(name: str):
     return deco
 
 
-def register_factory(name: str, factory: Callable[..., Aggregator], hparams: dict[str, object]) -> None:
+def register_factory(name: str, factory: Callable[..., Aggregator],
+                     hparams: Callable[[], dict[str, object]]) -> None:
     """Register a function ``factory(num_tasks, **hparams)`` (for example a
-    performance-informed wrapper around another method) accepting ``hparams``."""
+    performance-informed wrapper around another method); ``hparams()`` returns the
+    accepted hyper-parameters with their defaults (called lazily, once every method
+    module has registered)."""
     if name in _REGISTRY:
         raise RuntimeError(f"aggregator {name!r} registered twice")
-    factory.hparams = dict(hparams)  # type: ignore[attr-defined]
+    factory.hparams = hparams  # type: ignore[attr-defined]
     _REGISTRY[name] = factory
 
 
@@ -41,7 +44,7 @@ def hyperparameters(name: str) -> dict[str, object]:
     """The hyper-parameters ``name`` accepts, with their defaults."""
     target = _lookup(name)
     if hasattr(target, "hparams"):
-        return dict(target.hparams)
+        return dict(target.hparams())
     sig = inspect.signature(target)
     return {
         p.name: p.default
