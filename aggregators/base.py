@@ -71,6 +71,9 @@ class Aggregator(nn.Module):
     needs_losses: ClassVar[bool] = False
     #: True for methods that need second-order gradients through ``grads`` (CosReg)
     needs_graph: ClassVar[bool] = False
+    #: plain Python attributes (step counters, flags: no device sync to read them) that
+    #: the state dict carries as extra state
+    state_attributes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, num_tasks: int):
         super().__init__()
@@ -132,6 +135,13 @@ class Aggregator(nn.Module):
     def end_epoch(self) -> None:
         """Hook called by trainers at the end of each epoch (epoch-level DWA uses it);
         a no-op for other methods."""
+
+    def get_extra_state(self) -> dict:
+        return {name: getattr(self, name) for name in self.state_attributes}
+
+    def set_extra_state(self, state: dict) -> None:
+        for name in self.state_attributes:
+            setattr(self, name, state[name])
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}"

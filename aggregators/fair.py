@@ -69,6 +69,7 @@ class NashMTL(AlphaFair):
     """
 
     exponent = 1.0
+    state_attributes = ("step",)
 
     def __init__(self, num_tasks: int, update_weights_every: int = 1):
         super().__init__(num_tasks)
@@ -86,12 +87,6 @@ class NashMTL(AlphaFair):
         if step % self.update_weights_every != 0:
             return self.last_weights.clone()
         return super().weights_from_gram(gram, losses)
-
-    def get_extra_state(self) -> dict:
-        return {"step": self.step}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.step = int(state["step"])
 
     def reset(self) -> None:
         super().reset()

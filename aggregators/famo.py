@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 from torch import Tensor
+from torch.optim.adam import adam as adam_update
 
 from .base import LossWeighting, check_finite
 from .loss_weighting import check_log_domain
@@ -45,6 +45,8 @@ class FAMO(LossWeighting):
     optimiser must not touch ``xi``), so the state dict restores them exactly.
     """
 
+    state_attributes = ("has_prev",)
+
     def __init__(
         self,
         num_tasks: int,
@@ -70,10 +72,9 @@ class FAMO(LossWeighting):
         self.register_buffer("logits", torch.zeros(k, dtype=f64))
         self.register_buffer("exp_avg", torch.zeros(k, dtype=f64))
         self.register_buffer("exp_avg_sq", torch.zeros(k, dtype=f64))
+        self.register_buffer("adam_step", torch.zeros((), dtype=f64))
         self.register_buffer("prev_losses", torch.zeros(k, dtype=f64))
-        # Python scalars (no device sync), saved through the extra state
-        self.adam_steps = 0
-        self.has_prev = False
+        self.has_prev = False  # a Python bool (no device sync), saved as extra state
 
     def set_min_losses(self, min_losses: float | Sequence[float] | Tensor) -> None:
         """Per-task lower bounds ``m`` subtracted before the log (a float: every task)."""
@@ -123,28 +124,19 @@ class FAMO(LossWeighting):
         self._adam_step(grad)
 
     def _adam_step(self, grad: Tensor) -> None:
-        b1, b2 = _BETAS
-        grad = grad + self.gamma * self.logits
-        self.adam_steps += 1
-        t = self.adam_steps
-        self.exp_avg.mul_(b1).add_(grad, alpha=1 - b1)
-        self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = self.exp_avg_sq.sqrt() / math.sqrt(1 - b2**t) + _ADAM_EPS
-        self.logits.addcdiv_(self.exp_avg, denom, value=-self.w_lr / (1 - b1**t))
-
-    def get_extra_state(self) -> dict:
-        return {"adam_steps": self.adam_steps, "has_prev": self.has_prev}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.adam_steps = int(state["adam_steps"])
-        self.has_prev = bool(state["has_prev"])
+        """torch's own Adam update (``torch.optim.Adam(weight_decay=gamma)``) on the logits,
+        with its moments kept in this module's buffers."""
+        adam_update(
+            [self.logits], [grad.to(self.logits)], [self.exp_avg], [self.exp_avg_sq], [], [self.adam_step],
+            amsgrad=False, beta1=_BETAS[0], beta2=_BETAS[1], lr=self.w_lr, weight_decay=self.gamma,
+            eps=_ADAM_EPS, maximize=False, foreach=False, capturable=self.logits.device.type != "cpu",
+        )
 
     def reset(self) -> None:
         """Logits, Adam state and stored losses back to the start (``min_losses`` kept)."""
         super().reset()
-        for buf in (self.logits, self.exp_avg, self.exp_avg_sq, self.prev_losses):
+        for buf in (self.logits, self.exp_avg, self.exp_avg_sq, self.adam_step, self.prev_losses):
             buf.zero_()
-        self.adam_steps = 0
         self.has_prev = False
 
     def extra_repr(self) -> str:

@@ -84,6 +84,8 @@ class DynamicWeightAverage(LossWeighting):
     hold real losses only and the objective is the paper's sum.
     """
 
+    state_attributes = ("epoch_steps", "periods", "steps")
+
     def __init__(self, num_tasks: int, temperature: float = 2.0, mode: str = "epoch", window: int = 25):
         super().__init__(num_tasks)
         if not temperature > 0:
@@ -138,14 +140,6 @@ class DynamicWeightAverage(LossWeighting):
 
     def combine(self, losses: Tensor) -> Tensor:
         return (self.current_weights.to(losses) * losses).sum()
-
-    def get_extra_state(self) -> dict:
-        return {"epoch_steps": self.epoch_steps, "periods": self.periods, "steps": self.steps}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.epoch_steps = int(state["epoch_steps"])
-        self.periods = int(state["periods"])
-        self.steps = int(state["steps"])
 
     def reset(self) -> None:
         super().reset()

@@ -60,6 +60,7 @@ class MoCo(Aggregator):
     """
 
     needs_losses = True
+    state_attributes = ("step",)
 
     def __init__(
         self,
@@ -134,12 +135,6 @@ class MoCo(Aggregator):
             self.tracking = torch.empty(saved.shape, dtype=saved.dtype, device=self.tracking.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-
-    def get_extra_state(self) -> dict:
-        return {"step": self.step}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.step = int(state["step"])
 
     def reset(self) -> None:
         super().reset()

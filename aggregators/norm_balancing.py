@@ -38,6 +38,7 @@ class GradNorm(GramWeighting):
     """
 
     needs_losses = True
+    state_attributes = ("initialized",)
 
     def __init__(self, num_tasks: int, alpha: float = 1.5):
         super().__init__(num_tasks)
@@ -70,12 +71,6 @@ class GradNorm(GramWeighting):
             (grad,) = torch.autograd.grad(gn_loss, self.logits)
         self.logits.grad = grad.to(self.logits.dtype)
         return w.detach().to(torch.float64)
-
-    def get_extra_state(self) -> dict:
-        return {"initialized": self.initialized}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.initialized = bool(state["initialized"])
 
     def reset(self) -> None:
         super().reset()

@@ -25,6 +25,9 @@ import aggregators
 #: the five starting points of the Nash-MTL / Aligned-MTL figures
 INITS: tuple[tuple[float, float], ...] = ((-8.5, 7.5), (0.0, 0.0), (9.0, 9.0), (-7.5, -0.5), (9.0, -1.0))
 _FLOOR = 5e-6
+#: both losses are >= -20; methods that take logs or ratios of losses (SI, FAMO, GradNorm,
+#: DWA) see ``L_i + LOSS_SHIFT`` > 0, which leaves every gradient unchanged
+LOSS_SHIFT = 21.0
 
 
 def toy_losses(x: Tensor, scale: float = 1.0) -> Tensor:
@@ -90,17 +93,18 @@ def run(method: str, init: tuple[float, float], steps: int = 2000, lr: float = 0
                 agg.update_performance(100 * gap / start_gap)
         if step == steps:
             break
+        positive = losses + LOSS_SHIFT
         if not agg.requires_grads:
-            agg.loss(losses).backward()
+            agg.loss(positive).backward()
         else:
             grads = torch.stack([
                 torch.autograd.grad(losses[i], x, create_graph=agg.needs_graph, retain_graph=True)[0]
                 for i in range(2)
             ])
-            d = agg(grads.detach(), losses.detach())
+            d = agg(grads.detach(), positive.detach())
             if agg.needs_graph:
                 d = d + torch.autograd.grad(agg.penalty(grads), x)[0]
             x.grad = d.detach()
         opt.step()
-        agg.after_step(toy_losses(x.detach(), scale))
+        agg.after_step(toy_losses(x.detach(), scale) + LOSS_SHIFT)
     return traj

@@ -7,7 +7,7 @@ import torch
 
 import aggregators
 from aggregators.performance import performance_weights
-from conftest import ill_conditioned_grads
+from conftest import ill_conditioned_grads, degenerate_cases
 
 
 def rel_residual(lhs, rhs):
@@ -142,14 +142,7 @@ def test_permutation_equivariance(name):
 
 @pytest.mark.parametrize("name", ["nash_mtl", "fairgrad", "pivrg", "consmtl"])
 def test_degenerate_inputs_give_finite_directions(name):
-    g = torch.randn(3, 20, dtype=torch.float64)
-    cases = {
-        "duplicate": torch.stack([g[0], g[0], g[1]]),
-        "opposite": torch.stack([g[0], -g[0], g[1]]),
-        "zero_row": torch.stack([g[0], torch.zeros(20, dtype=torch.float64), g[1]]),
-        "all_zero": torch.zeros(3, 20, dtype=torch.float64),
-        "ten_orders": torch.stack([1e-5 * g[0], g[1], 1e5 * g[2]]),
-    }
+    cases = degenerate_cases()
     for case, G in cases.items():
         d = aggregators.make(name, 3)(G)
         assert torch.isfinite(d).all(), case

@@ -7,7 +7,7 @@ import torch
 
 import aggregators
 from aggregators.random_weighting import random_simplex_weights
-from conftest import ill_conditioned_grads
+from conftest import ill_conditioned_grads, degenerate_cases
 
 F64 = torch.float64
 LOSS_METHODS = ["si", "rlw", "dwa", "dwa_iter", "uw", "famo"]
@@ -384,15 +384,8 @@ def test_permutation_equivariance(name):
 
 @pytest.mark.parametrize("name", LOSS_METHODS + ["rgw"])
 def test_degenerate_inputs_give_finite_directions(name):
-    g = torch.randn(3, 20, dtype=F64, generator=torch.Generator().manual_seed(0))
     l = torch.tensor([0.5, 1.0, 2.0], dtype=F64)
-    cases = {
-        "duplicate": torch.stack([g[0], g[0], g[1]]),
-        "opposite": torch.stack([g[0], -g[0], g[1]]),
-        "zero_row": torch.stack([g[0], torch.zeros(20, dtype=F64), g[1]]),
-        "all_zero": torch.zeros(3, 20, dtype=F64),
-        "ten_orders": torch.stack([1e-5 * g[0], g[1], 1e5 * g[2]]),
-    }
+    cases = degenerate_cases()
     for case, G in cases.items():
         agg = build(name, 3)
         for losses in (l, torch.tensor([0.0, 1e-12, 1e6], dtype=F64)):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import aggregators
-from conftest import ill_conditioned_grads
+from conftest import ill_conditioned_grads, degenerate_cases
 
 F64 = torch.float64
 
@@ -177,14 +177,7 @@ def test_two_task_permutation_equivariance(name):
 
 @pytest.mark.parametrize("name", ["pcgrad", "gradvac", "graddrop"])
 def test_degenerate_inputs_give_finite_directions(name):
-    g = torch.randn(3, 20, dtype=F64, generator=torch.Generator().manual_seed(0))
-    cases = {
-        "duplicate": torch.stack([g[0], g[0], g[1]]),
-        "opposite": torch.stack([g[0], -g[0], g[1]]),
-        "zero_row": torch.stack([g[0], torch.zeros(20, dtype=F64), g[1]]),
-        "all_zero": torch.zeros(3, 20, dtype=F64),
-        "ten_orders": torch.stack([1e-5 * g[0], g[1], 1e5 * g[2]]),
-    }
+    cases = degenerate_cases()
     for case, G in cases.items():
         agg = aggregators.make(name, 3)
         for _ in range(3):  # GradVac: also with a non-zero EMA state

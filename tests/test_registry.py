@@ -93,3 +93,26 @@ def test_loss_only_methods_never_need_gradients(name):
     agg.loss(losses).backward()
     assert losses.grad is not None and torch.isfinite(losses.grad).all()
     assert agg.weights is not None
+
+
+@pytest.mark.parametrize("name", aggregators.available())
+def test_every_method_is_finite_on_degenerate_inputs(name):
+    """Duplicate, opposite, zero gradients and norms ten orders apart: a finite direction."""
+    from conftest import degenerate_cases
+
+    for case, G in degenerate_cases().items():
+        agg = aggregators.make(name, 3)
+        for _ in range(2):  # also once the stateful methods have state
+            d = agg(G, torch.tensor([0.5, 1.0, 2.0], dtype=G.dtype))
+            assert torch.isfinite(d).all(), case
+            assert agg.weights is None or torch.isfinite(agg.weights).all(), case
+
+
+@pytest.mark.parametrize("name", aggregators.available())
+def test_every_method_handles_fifty_tasks(name):
+    from conftest import ill_conditioned_grads
+
+    k = 50
+    G = ill_conditioned_grads(k, 200, seed=1)
+    d = aggregators.make(name, k)(G, torch.rand(k, dtype=G.dtype) + 0.1)
+    assert d.shape == (200,) and torch.isfinite(d).all()
