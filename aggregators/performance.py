@@ -74,7 +74,12 @@ class PerformanceMixin:
 
 
 class PerformanceInformed(PerformanceMixin, Aggregator):
-    """PI-X: method ``base`` driven by performance priorities (PIVRG paper sec. 4.4)."""
+    """PI-X: method ``base`` driven by performance priorities (PIVRG paper sec. 4.4).
+
+    Build it with :meth:`wrap`, which picks the subclass matching the base method's family
+    so that trainers see the same kind of aggregator (Gram-matrix, loss-only or direction)
+    as the base: PI-X runs at the cost of X.
+    """
 
     def __init__(self, base: Aggregator, bound: float = 2.0, min_temperature: float = 10.0):
         super().__init__(base.num_tasks)
@@ -86,55 +91,63 @@ class PerformanceInformed(PerformanceMixin, Aggregator):
         self.needs_graph = base.needs_graph
         self._init_performance(base.num_tasks, bound, min_temperature)
 
+    @staticmethod
+    def wrap(base: Aggregator, bound: float = 2.0, min_temperature: float = 10.0) -> "PerformanceInformed":
+        if isinstance(base, GramWeighting):
+            return _PIGram(base, bound, min_temperature)
+        if isinstance(base, LossWeighting):
+            return _PILoss(base, bound, min_temperature)
+        return _PIDirection(base, bound, min_temperature)
+
     @property
     def native(self) -> bool:
         """True when the base method takes the priorities itself (Nash-MTL)."""
         return hasattr(self.base, "priorities")
 
-    def _push_priorities(self) -> Tensor:
+    def _omega_to(self, like: Tensor) -> Tensor:
+        """The current omega (pushed into a native base first) in ``like``'s dtype/device."""
         omega = self.omega
         if self.native:
             self.base.priorities.copy_(omega.to(self.base.priorities))
-        return omega
-
-    def aggregate(self, grads: Tensor, losses: Tensor | None) -> Tensor:
-        omega = self._push_priorities()
-        if self.native:
-            out = self.base(grads, losses)
-            self.weights = self.base.weights
-            return out
-        om = omega.to(grads)
-        out = self.base(grads * om[:, None], None if losses is None else losses * omega.to(losses))
-        self.weights = None if self.base.weights is None else self.base.weights * omega.to(self.base.weights)
-        return out
-
-    def gram_weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
-        """Low-memory path for Gram-matrix base methods: weights on the original ``g_i``."""
-        if not isinstance(self.base, GramWeighting):
-            raise TypeError(f"{self.base.name} does not work from the Gram matrix alone")
-        omega = self._push_priorities()
-        if self.native:
-            self.weights = self.base.gram_weights(gram, losses)
-            return self.weights
-        om = omega.to(gram)
-        scaled_losses = None if losses is None else losses * omega.to(losses)
-        w = self.base.gram_weights(gram * om[:, None] * om[None, :], scaled_losses)
-        self.weights = w * om
-        return self.weights
-
-    def loss(self, losses: Tensor) -> Tensor:
-        """Loss-only base methods: the base objective on ``omega * l``."""
-        if not isinstance(self.base, LossWeighting):
-            raise TypeError(f"{self.base.name} is not a loss-weighting method")
-        omega = self.omega.to(losses)
-        total = self.base.loss(losses * omega)
-        self.weights = self.base.weights * omega.to(self.base.weights)
-        return total
+        return omega.to(like)
 
     def after_step(self, losses: Tensor) -> None:
         self.base.after_step(losses * self.omega.to(losses))
+
+    def end_epoch(self) -> None:
+        self.base.end_epoch()
 
     def reset(self) -> None:
         super().reset()
         self.base.reset()
         self.reset_performance()
+
+
+class _PIGram(PerformanceInformed, GramWeighting):
+    """Gram-matrix bases: native priorities (Nash-MTL), or the base's weights for the
+    gradients ``omega_i g_i`` (Gram matrix ``Omega M Omega``) mapped back to the ``g_i``."""
+
+    def weights_from_gram(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
+        om = self._omega_to(gram)
+        if self.native:
+            return self.base.gram_weights(gram, losses)
+        scaled = None if losses is None else losses * om.to(losses)
+        return self.base.gram_weights(gram * om[:, None] * om[None, :], scaled) * om
+
+
+class _PILoss(PerformanceInformed, LossWeighting):
+    """Loss-only bases: the base objective on ``omega * l`` (sec. 4.4, L' = omega (.) L)."""
+
+    def begin_step(self, losses: Tensor) -> None:
+        self.base.begin_step(losses * self.omega.to(losses))
+
+    def combine(self, losses: Tensor) -> Tensor:
+        return self.base.combine(losses * self.omega.to(losses))
+
+
+class _PIDirection(PerformanceInformed):
+    """Other bases: the base applied to the gradients ``omega_i g_i`` and losses ``omega_i l_i``."""
+
+    def aggregate(self, grads: Tensor, losses: Tensor | None) -> Tensor:
+        om = self._omega_to(grads)
+        return self.base(grads * om[:, None], None if losses is None else losses * om.to(losses))

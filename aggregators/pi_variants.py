@@ -1,7 +1,7 @@
 """The performance-informed variants of PIVRG paper sec. 4.4 (Table 5):
 pi_ls, pi_rlw, pi_dwa, pi_uw, pi_mgda, pi_nash_mtl.
 
-Each is ``PerformanceInformed(make(base, k, **base_hparams), bound, min_temperature)``:
+Each is ``PerformanceInformed.wrap(make(base, k, **base_hparams), bound, min_temperature)``:
 one wrapper, no per-method copies (see :mod:`aggregators.performance`).
 """
 
@@ -23,7 +23,7 @@ _PI_HPARAMS = {
 def _factory(base: str):
     def build(num_tasks: int, **hparams) -> PerformanceInformed:
         pi = {k: hparams.pop(k) for k in list(hparams) if k in _PI_HPARAMS}
-        return PerformanceInformed(make(base, num_tasks, **hparams), **pi)
+        return PerformanceInformed.wrap(make(base, num_tasks, **hparams), **pi)
 
     def accepted() -> dict[str, object]:
         return {**hyperparameters(base), **_PI_HPARAMS}

@@ -14,6 +14,7 @@ import argparse
 import math
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import matplotlib
 
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--scale", type=float, default=1.0, help="multiplier of L1 (0.1: imbalanced variant)")
     ap.add_argument("--out", default="toy_trajectories.png")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
     args = ap.parse_args(argv)
 
     methods = args.methods or aggregators.available()
@@ -42,14 +44,22 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown method {m!r}; valid: {', '.join(aggregators.available())}")
 
     front = pareto_front(args.scale)
-    results = {}
-    with tqdm(total=len(methods) * len(INITS), desc="toy", unit="run") as bar:
-        for m in methods:
-            results[m] = []
-            for init in INITS:
-                bar.set_postfix_str(m)
-                results[m].append(run(m, init, steps=args.steps, lr=args.lr, scale=args.scale))
+    jobs = [(m, init) for m in methods for init in INITS]
+    kwargs = dict(steps=args.steps, lr=args.lr, scale=args.scale)
+    with tqdm(total=len(jobs), desc="toy", unit="run") as bar:
+        if args.workers > 1:
+            with ProcessPoolExecutor(args.workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                futures = [pool.submit(run, m, init, **kwargs) for m, init in jobs]
+                trajectories = []
+                for fut in futures:
+                    trajectories.append(fut.result())
+                    bar.update()
+        else:
+            trajectories = []
+            for m, init in jobs:
+                trajectories.append(run(m, init, **kwargs))
                 bar.update()
+    results = {m: [t for t in trajectories if t.method == m] for m in methods}
 
     cols = min(6, len(methods))
     rows = math.ceil(len(methods) / cols)

@@ -83,3 +83,36 @@ def test_temperature_and_state_round_trip():
     assert torch.equal(other.omega, agg.omega)
     other.reset()
     assert torch.equal(other.omega, torch.ones(4, dtype=torch.float64))
+
+
+def test_pi_variant_is_the_same_kind_as_its_base():
+    from aggregators import GramWeighting, LossWeighting
+
+    assert isinstance(aggregators.make("pi_nash_mtl", 3), GramWeighting)
+    assert isinstance(aggregators.make("pi_mgda", 3), GramWeighting)
+    for name in ("pi_ls", "pi_rlw", "pi_dwa", "pi_uw"):
+        agg = aggregators.make(name, 3)
+        assert isinstance(agg, LossWeighting) and not agg.requires_grads
+    # learnable parameters of the base reach the trainer through the wrapper
+    assert len(list(aggregators.make("pi_uw", 3).parameters())) == 1
+
+
+def test_pi_dwa_sees_epoch_ends_and_scaled_losses():
+    agg = _pi("pi_dwa", k=2, dm=torch.tensor([0.0, 100.0]))
+    omega = agg.omega
+    for epoch_losses in ([1.0, 1.0], [0.5, 1.0]):
+        agg.loss(torch.tensor(epoch_losses, dtype=torch.float64))
+        agg.end_epoch()
+    # DWA on omega * l: both ratios r = L(t-1)/L(t-2) are unaffected by the constant omega,
+    # r = (0.5, 1.0), so w_dwa = 2 softmax(r / 2), and the weights on l are omega * w_dwa
+    w_dwa = 2 * torch.softmax(torch.tensor([0.5, 1.0], dtype=torch.float64) / 2, 0)
+    agg.loss(torch.tensor([0.5, 1.0], dtype=torch.float64))
+    assert torch.allclose(agg.weights, omega * w_dwa)
+
+
+def test_pi_mgda_is_mgda_on_omega_scaled_gradients():
+    G = ill_conditioned_grads(4, 30, seed=12, spread=1.0)
+    pi = _pi("pi_mgda")
+    d = pi(G)
+    om = pi.omega
+    assert torch.allclose(d, aggregators.make("mgda", 4)(om[:, None] * G), rtol=1e-8)
