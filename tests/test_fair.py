@@ -200,3 +200,20 @@ def test_pivrg_state_dict_round_trip():
     assert torch.allclose(a(G), b(G))
     b.reset()
     assert torch.equal(b.omega, torch.ones(k, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("a", [1.0, 2.0])
+def test_device_backend_matches_host_backend(monkeypatch, a):
+    """The torch code path (used on GPUs: fixed iterations, no host sync) solves the same
+    equation as the NumPy path; forced here on CPU tensors."""
+    from aggregators import solvers
+
+    k = 12
+    G = ill_conditioned_grads(k, 60, seed=21, spread=4.0)
+    M = G @ G.T
+    p = torch.linspace(0.5, 2.0, k, dtype=torch.float64)
+    host = solvers.alpha_fair_weights(M, a, p)
+    monkeypatch.setattr(solvers, "_backend", lambda x: (solvers._TorchOps, x.detach().to(torch.float64)))
+    device = solvers.alpha_fair_weights(M, a, p, init=host * 1.3)
+    assert torch.allclose(device, host, rtol=1e-9)
+    assert rel_residual(M @ device, p * device.pow(-1 / a)) < 1e-6
