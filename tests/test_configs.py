@@ -1,0 +1,19 @@
+"""Hydra configs: one aggregator file per registry name holding exactly its defaults."""
+
+from pathlib import Path
+
+import yaml
+
+import aggregators
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def test_one_aggregator_config_per_registry_name_with_its_defaults():
+    files = {p.stem for p in (CONFIGS / "aggregator").glob("*.yaml")}
+    assert files == set(aggregators.available())
+    for name in files:
+        cfg = yaml.safe_load((CONFIGS / "aggregator" / f"{name}.yaml").read_text())
+        assert cfg.pop("name") == name
+        assert cfg == aggregators.hyperparameters(name), name
+        aggregators.make(name, 3, **cfg)
