@@ -148,14 +148,23 @@ class Aggregator(nn.Module):
 
 
 class GramWeighting(Aggregator):
-    """``d = sum_i w_i g_i`` with weights computed from the Gram matrix only."""
+    """``d = sum_i w_i g_i`` with weights computed from the Gram matrix only.
+
+    ``gram_weights`` records ``gram_eps``, the machine epsilon of the dtype the Gram matrix
+    was computed in (pass it in that dtype: a float32 product is only accurate to a few
+    float32 eps per entry, and solvers that need a positive-definite matrix size their
+    regularisation by it); ``weights_from_gram`` always receives float64.
+    """
+
+    #: machine epsilon of the dtype of the last Gram matrix (see the class docstring)
+    gram_eps: float = torch.finfo(torch.float64).eps
 
     def weights_from_gram(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         """Weights (k,) in float64 from the k x k Gram matrix (and losses where needed)."""
         raise NotImplementedError
 
     def aggregate(self, grads: Tensor, losses: Tensor | None) -> Tensor:
-        w = self.gram_weights(gram_matrix(grads), losses)
+        w = self.gram_weights(grads @ grads.T, losses)
         return w.to(grads.dtype) @ grads
 
     def gram_weights(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
@@ -170,6 +179,8 @@ class GramWeighting(Aggregator):
         if self.check_inputs:
             check_finite("Gram matrix", gram)
         losses = self._check_losses(losses)
+        # precision of the product: a float32 Gram is only accurate to a few eps32 per entry
+        self.gram_eps = torch.finfo(gram.dtype).eps
         w = self.weights_from_gram(gram.to(torch.float64), None if losses is None else losses.detach())
         self.weights = w
         return w

@@ -44,7 +44,8 @@ class AlphaFair(GramWeighting):
 
     def weights_from_gram(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         # a zero warm start (first step) is ignored by the solver, without a host sync
-        w = alpha_fair_weights(gram, self.exponent, self.task_priorities(), init=self.last_weights)
+        w = alpha_fair_weights(gram, self.exponent, self.task_priorities(), init=self.last_weights,
+                               precision=self.num_tasks * self.gram_eps)
         self.last_weights.copy_(w.to(self.last_weights))
         return w
 

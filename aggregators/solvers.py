@@ -31,7 +31,10 @@ class _NumpyOps:
 
     @staticmethod
     def spd_solve(a, b):
-        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(a, check_finite=False), b, check_finite=False)
+        try:
+            return scipy.linalg.cho_solve(scipy.linalg.cho_factor(a, check_finite=False), b, check_finite=False)
+        except np.linalg.LinAlgError:  # numerically indefinite: least squares instead
+            return np.linalg.lstsq(a, b, rcond=None)[0]
 
     @staticmethod
     def stack(xs):
@@ -59,8 +62,10 @@ class _TorchOps:
 
     @staticmethod
     def spd_solve(a, b):
-        chol, _ = torch.linalg.cholesky_ex(a)  # _ex: no error check, so no host sync
-        return torch.cholesky_solve(b[:, None], chol)[:, 0]
+        # LU with pivoting (_ex: no error check, so no host sync); a numerically
+        # indefinite or singular system gives non-finite steps, which the line search drops
+        lu, piv, _ = torch.linalg.lu_factor_ex(a)
+        return torch.linalg.lu_solve(lu, piv, b[:, None])[:, 0]
 
     @staticmethod
     def stack(xs):
@@ -122,7 +127,8 @@ def _fair_objective(ops, w, m, p, a: float):
         q = 1.0 - 1.0 / a
         h = safe ** q / q
     val = quad - (p * h).sum(-1)
-    return ops.where(pos.all(-1), val, ops.full(val, float("inf")))
+    ok = pos.all(-1) & (val == val)  # val == val: not NaN
+    return ops.where(ok, val, ops.full(val, float("inf")))
 
 
 def alpha_fair_weights(
@@ -132,6 +138,7 @@ def alpha_fair_weights(
     init: Tensor | None = None,
     max_iter: int = 40,
     tol: float = 1e-12,
+    precision: float = 0.0,
 ) -> Tensor:
     """Solve ``(M w)_i = p_i w_i^(-1/a)``, ``w > 0``: the alpha-fair allocation.
 
@@ -147,6 +154,11 @@ def alpha_fair_weights(
     solution for orthogonal gradients, each rescaled optimally along its ray.  The
     global scale of ``M`` is divided out first (the solution scales as ``c^(-a/(a+1))``
     when ``M`` is multiplied by ``c``).  Zero-gradient tasks get weight 0.
+
+    ``precision``: relative accuracy of the entries of ``M`` (``k * eps`` of the dtype it
+    was computed in); it is added to the diagonal (relative to ``M_ii``) so that a Gram
+    matrix rounded to slightly indefinite (dependent gradients in float32) is positive
+    definite again.  The default ridge ``RIDGE`` applies when it is smaller.
     """
     if a <= 0:
         raise ValueError(f"alpha-fair exponent must be > 0, got {a}")
@@ -156,16 +168,19 @@ def alpha_fair_weights(
         p = 1.0 + 0.0 * m.diagonal()
     else:
         p = _backend(priorities)[1] if ops is _NumpyOps else priorities.to(m)
-    m, zero = _stabilise(ops, m, RIDGE)
+    m, zero = _stabilise(ops, m, max(RIDGE, precision))
     scale = m.diagonal().mean()
     m = m / scale
     expo = a / (a + 1.0)
     q = 1.0 - 1.0 / a
 
     def best_on_ray(w0):
-        # argmin_g f(g * w0) in closed form
+        # argmin_g f(g * w0) in closed form (the quadratic form is > 0 for a PSD M + ridge;
+        # the clamp only guards against a Gram matrix that is indefinite beyond rounding)
         lin = (p * w0 ** q).sum() if a != 1.0 else p.sum()
-        return w0 * (lin / (w0 @ m @ w0)) ** (1.0 / (1.0 + 1.0 / a))
+        quad = w0 @ m @ w0
+        quad = ops.where(quad > 0, quad, 0.0 * quad + RIDGE * (w0 * w0 * m.diagonal()).sum())
+        return w0 * (lin / quad) ** (1.0 / (1.0 + 1.0 / a))
 
     cands = [best_on_ray((p / m.diagonal()) ** expo)]
     if init is not None:
@@ -187,9 +202,9 @@ def alpha_fair_weights(
         # Near the solution f changes by less than its rounding error (its terms can span
         # many orders of magnitude): accept the full Newton step when it does not raise f
         # beyond that error, otherwise the best step of the line search (steps[-1] = 0).
-        noise = 1e-10 * (0.5 * (w @ mw) + abs(f[-1]))
+        noise = 1e-10 * (abs(0.5 * (w @ mw)) + abs(f[-1]))
         w = ops.where(f[0] <= f[-1] + noise, trial[0], trial[f.argmin()])
-        if ops.on_host and float(abs(delta / w).max()) < tol:
+        if ops.on_host and not float(abs(delta / w).max()) >= tol:  # converged (or NaN step)
             break
     w = w * scale ** (-expo)
     return _to_torch(ops.where(zero, 0.0 * w, w), gram)

@@ -116,3 +116,14 @@ def test_every_method_handles_fifty_tasks(name):
     G = ill_conditioned_grads(k, 200, seed=1)
     d = aggregators.make(name, k)(G, torch.rand(k, dtype=G.dtype) + 0.1)
     assert d.shape == (200,) and torch.isfinite(d).all()
+
+
+@pytest.mark.parametrize("name", aggregators.available())
+def test_rank_one_float32_gradients(name):
+    """A shared scalar (SAC's shared temperature) gives a (k, 1) gradient matrix of mixed
+    signs, rounded in float32: Pareto-stationary and numerically indefinite."""
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        G = torch.randn(10, 1, generator=g)
+        d = aggregators.make(name, 10)(G, torch.rand(10, generator=g) + 0.1)
+        assert torch.isfinite(d).all(), seed

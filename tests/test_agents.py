@@ -1,0 +1,274 @@
+"""Multi-task SAC: stacked networks, head isolation, the update under every aggregator
+family, checkpoints, and skipping non-finite updates (small sizes, CPU)."""
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+
+import aggregators
+from agents import (KINDS, MultiTaskSAC, actor_loss, critic_loss, make_aggregators, needs_after_step)
+from agents import sac as sac_module
+from agents.networks import LOG_STD_MAX, LOG_STD_MIN, squashed_gaussian
+
+K, B, OBS, ACT, H = 3, 6, 5, 2, 16
+
+
+def make_agent(kind="mh_sac", seed=0, **kw):
+    torch.manual_seed(seed)
+    kw.setdefault("hidden", H)
+    kw.setdefault("layers", 2)
+    return MultiTaskSAC(OBS, ACT, K, kind, **kw)
+
+
+def make_batch(seed=0, k=K, b=B):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "obs": torch.randn(k, b, OBS, generator=g),
+        "action": torch.rand(k, b, ACT, generator=g) * 2 - 1,
+        "reward": torch.randn(k, b, generator=g),
+        "next_obs": torch.randn(k, b, OBS, generator=g),
+        "done": (torch.rand(k, b, generator=g) < 0.2).float(),
+    }
+
+
+def all_params(agent):
+    out = {}
+    for mname, m in agent.modules().items():
+        for n, p in m.named_parameters():
+            out[f"{mname}.{n}"] = p.detach().clone()
+        for n, p in m.named_buffers():
+            out[f"{mname}.{n}"] = p.detach().clone()
+    for n, p in agent.critic_target.named_parameters():
+        out[f"critic_target.{n}"] = p.detach().clone()
+    return out
+
+
+def rows(params, i):
+    return {n: p[i] for n, p in params.items()}
+
+
+# -- networks ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_act_shapes_and_range(kind):
+    agent = make_agent(kind)
+    obs = torch.randn(K, OBS)
+    for det in (True, False):
+        a = agent.act(obs, deterministic=det)
+        assert a.shape == (K, ACT) and a.abs().max() <= 1
+    assert torch.equal(agent.act(obs, True), agent.act(obs, True))
+    assert agent.act(torch.randn(K, 4, OBS), False).shape == (K, 4, ACT)
+    with pytest.raises(ValueError):
+        agent.act(torch.randn(K + 1, OBS))
+
+
+def test_parameter_layout_per_kind():
+    mh = make_agent("mh_sac", layers=3, head_layers=2)
+    assert len(mh.actor.shared) == 6 and mh.actor.shared["trunk0_w"].shape == (H, OBS)
+    assert mh.actor.task["head0_w"].shape == (K, H, H) and mh.actor.task["head1_w"].shape == (K, 2 * ACT, H)
+    assert mh.critic.shared["trunk0_w"].shape == (2, H, OBS + ACT)           # twin Qs as an ensemble
+    assert mh.critic.task["head1_w"].shape == (K, 2, 1, H)
+    mtl = make_agent("mtl_sac", layers=3)
+    assert mtl.actor.task_params() == {} and mtl.critic.task_params() == {}
+    assert len(mtl.actor.shared) == 8                                        # 3 hidden + output layer
+    te = make_agent("mtl_sac_te", embedding_dim=4)
+    assert set(te.actor.task_params()) == {"emb"} and te.actor.task["emb"].shape == (K, 4)
+    assert te.actor.shared["trunk0_w"].shape == (H, OBS + 4)
+    wide = make_agent("mh_sac", critic_hidden=24, critic_layers=1)
+    assert wide.critic.shared["trunk0_w"].shape == (2, 24, OBS + ACT) and len(wide.critic.shared) == 2
+    assert all((p == 0).all() for n, p in mh.critic.named_parameters() if n.endswith("_b"))
+    # shared vs per-task temperature
+    assert make_agent(shared_alpha=True).temperature.log_alpha.shape == (1,)
+    assert torch.allclose(make_agent().alpha(), torch.ones(K))
+
+
+def test_squashed_gaussian_log_prob_matches_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    mean, log_std, noise = (torch.randn(7, ACT, generator=g) for _ in range(3))
+    a, logp = squashed_gaussian(mean, log_std, noise)
+    dist = torch.distributions.TransformedDistribution(
+        torch.distributions.Normal(mean, log_std.exp()), [torch.distributions.TanhTransform()])
+    u = mean + log_std.exp() * noise
+    assert torch.allclose(a, torch.tanh(u))
+    ref = torch.distributions.Normal(mean, log_std.exp()).log_prob(u).sum(-1) \
+        - torch.log1p(-torch.tanh(u).pow(2)).sum(-1)
+    assert torch.allclose(logp, ref, atol=1e-4)
+    assert torch.allclose(logp, dist.log_prob(a.clamp(-1 + 1e-6, 1 - 1e-6)).sum(-1), atol=1e-2)
+
+
+def test_log_std_is_squashed_into_range():
+    agent = make_agent()
+    with torch.no_grad():
+        for p in agent.actor.parameters():
+            p.mul_(100.0)
+    _, log_std = agent.actor.distribution(torch.randn(K, B, OBS) * 10)
+    assert log_std.min() >= LOG_STD_MIN and log_std.max() <= LOG_STD_MAX
+
+
+# -- head isolation -----------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["pivrg", "ls"])
+@pytest.mark.parametrize("kind", ["mh_sac", "mtl_sac_te"])
+def test_each_head_gets_only_its_own_task_gradient(kind, method):
+    agent = make_agent(kind, aggregators={"critic": aggregators.make(method, K),
+                                          "actor": aggregators.make(method, K),
+                                          "alpha": aggregators.make("pivrg", K)})
+    ref = copy.deepcopy(agent)          # parameters before the update
+    batch = make_batch(1)
+    torch.manual_seed(7)
+    agent.update(batch)
+    torch.manual_seed(7)                # same noise as the update drew
+    obs, act, rew, next_obs, done = ref._unpack(batch)
+    target, noise, logp = ref.prepare(obs, rew, next_obs, done)
+
+    crit_task = ref.critic.task_params()
+    for i in range(K):
+        li = critic_loss(ref.critic.shared_params(), rows(crit_task, i), obs[i], act[i], target[i])
+        grads = torch.autograd.grad(li, list(crit_task.values()))
+        for (name, _), g in zip(crit_task.items(), grads):
+            assert (g[[j for j in range(K) if j != i]] == 0).all()            # reaches head i only
+            assert torch.allclose(agent.critic.task[name].grad[i], g[i], rtol=1e-4, atol=1e-6)
+
+    # the actor loss saw the updated critic (critic step first), frozen
+    c_shared = {n: p.detach() for n, p in agent.critic.shared_params().items()}
+    c_task = {n: p.detach() for n, p in agent.critic.task_params().items()}
+    act_task = ref.actor.task_params()
+    alpha = ref.alpha().detach()
+    for i in range(K):
+        li = actor_loss(c_shared, ref.actor.shared_params(), rows(act_task, i), obs[i], noise[i], alpha[i],
+                        rows(c_task, i))
+        grads = torch.autograd.grad(li, list(act_task.values()))
+        for (name, _), g in zip(act_task.items(), grads):
+            assert (g[[j for j in range(K) if j != i]] == 0).all()
+            assert torch.allclose(agent.actor.task[name].grad[i], g[i], rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in agent.critic_target.parameters())
+
+    # per-task temperatures: no shared parameter, each log-alpha gets its own task's gradient
+    gap = logp + agent.target_entropy
+    assert torch.allclose(agent.temperature.log_alpha.grad, -gap.mean(-1), atol=1e-6)
+
+
+# -- the update under each aggregator family ------------------------------------------------------
+def _aggs(method):
+    if method == "famo":   # log of the losses: critic only (positive losses), as the reference
+        return make_aggregators("famo", K, components=("critic",), gamma=0.01)
+    return method
+
+
+@pytest.mark.parametrize("shared_alpha", [False, True])
+@pytest.mark.parametrize("method", ["ls", "pivrg", "nash_mtl", "famo", "uw", "cosreg"])
+def test_update_runs_and_moves_every_component(method, shared_alpha, monkeypatch):
+    calls = []
+    real = sac_module.per_task_losses
+    monkeypatch.setattr(sac_module, "per_task_losses", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    agent = make_agent(aggregators=_aggs(method), shared_alpha=shared_alpha)
+    before = all_params(agent)
+    logs = agent.update(make_batch())
+    logs = agent.update(make_batch(1))
+    after = all_params(agent)
+
+    for c in ("critic", "actor", "alpha"):
+        assert logs[f"skipped_{c}"] == 0
+        assert logs[f"{c}_loss"].shape == (K,) and torch.isfinite(logs[f"{c}_loss"]).all()
+    for key in ("alpha", "entropy", "target_q"):
+        assert logs[key].shape == (K,) and torch.isfinite(logs[key]).all()
+    assert logs["critic_weights"].shape == (K,) and logs["actor_weights"].shape == (K,)
+    assert ("gram_critic" in logs) == agent.aggregators["critic"].requires_grads
+    if "gram_critic" in logs:
+        assert logs["gram_critic"].shape == (K, K)
+    for name in ("actor.shared.trunk0_w", "actor.task.head0_w", "critic.shared.trunk0_w", "critic.task.head0_w",
+                 "critic_target.shared.trunk0_w", "temperature.log_alpha"):
+        assert not torch.equal(before[name], after[name]), name
+    if shared_alpha:
+        assert torch.allclose(logs["alpha"], logs["alpha"][0].expand(K))
+
+    # FAMO is the only one with after_step: losses recomputed once per update for its component,
+    # nowhere else (besides the per-task temperatures' direct path under a gradient method)
+    direct = not shared_alpha and agent.aggregators["alpha"].requires_grads
+    assert len(calls) == 2 * ((method == "famo") + direct)
+    if method == "famo":
+        assert (agent.aggregators["critic"].logits != 0).any()
+    if method == "uw":   # learnable aggregator parameters are optimised
+        for c in ("critic", "actor", "alpha"):
+            assert (agent.aggregators[c].log_vars != 0).all()
+
+
+def test_polyak_target_update():
+    agent = make_agent()
+    agent.update(make_batch())
+    tgt = {n: p.clone() for n, p in agent.critic_target.named_parameters()}
+    agent.update(make_batch(1))
+    for n, p in agent.critic.named_parameters():
+        want = (1 - agent.tau) * tgt[n] + agent.tau * p.detach()
+        assert torch.allclose(dict(agent.critic_target.named_parameters())[n], want, atol=1e-7)
+
+
+def test_after_step_detection_and_aggregator_validation():
+    assert needs_after_step(aggregators.make("famo", K))
+    assert not needs_after_step(aggregators.make("ls", K))
+    assert not needs_after_step(aggregators.make("pi_ls", K))
+    assert not needs_after_step(aggregators.make("pivrg", K))
+    one = aggregators.make("ls", K)
+    with pytest.raises(ValueError, match="own aggregator"):
+        make_agent(aggregators={"critic": one, "actor": one, "alpha": aggregators.make("ls", K)})
+    with pytest.raises(ValueError, match="tasks"):
+        make_agent(aggregators=lambda c: aggregators.make("ls", K + 1))
+    with pytest.raises(ValueError, match="components"):
+        make_agent(aggregators={"critic": aggregators.make("ls", K)})
+    built = make_agent(aggregators=lambda c: aggregators.make("pivrg" if c == "critic" else "ls", K))
+    assert built.aggregators["critic"].name == "pivrg" and built.aggregators["alpha"].name == "ls"
+
+
+def test_stratified_batch_shape_is_checked():
+    agent = make_agent()
+    batch = make_batch()
+    batch["obs"] = batch["obs"].reshape(K * B, OBS)
+    with pytest.raises(ValueError, match="obs"):
+        agent.update(batch)
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["uw", "famo", "pivrg"])
+def test_state_dict_round_trip_gives_identical_next_update(method):
+    a = make_agent(aggregators=_aggs(method), seed=0)
+    for s in range(2):
+        a.update(make_batch(s))
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = make_agent(aggregators=_aggs(method), seed=123)
+    b.load_state_dict(torch.load(buf, weights_only=False))
+    torch.manual_seed(5)
+    la = a.update(make_batch(9))
+    torch.manual_seed(5)
+    lb = b.update(make_batch(9))
+    pa, pb = all_params(a), all_params(b)
+    assert pa.keys() == pb.keys()
+    for n in pa:
+        assert torch.equal(pa[n], pb[n]), n
+    for key, v in la.items():
+        assert torch.equal(torch.as_tensor(v), torch.as_tensor(lb[key])), key
+    with pytest.raises(ValueError, match="configuration"):
+        make_agent(kind="mtl_sac").load_state_dict(a.state_dict())
+
+
+# -- non-finite batches -------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["pivrg", "ls"])
+def test_nan_reward_skips_the_critic_update(method):
+    agent = make_agent(aggregators=method)
+    agent.update(make_batch())
+    critic = {n: p.detach().clone() for n, p in agent.critic.named_parameters()}
+    target = {n: p.clone() for n, p in agent.critic_target.named_parameters()}
+    step = [s["step"].clone() for s in agent.optimizers["critic"].state.values()]
+    batch = make_batch(1)
+    batch["reward"][1, 2] = math.nan
+    logs = agent.update(batch)
+    assert logs["skipped_critic"] == 1 and "critic_weights" not in logs
+    assert logs["skipped_actor"] == 0          # the actor's loss does not read rewards
+    for n, p in agent.critic.named_parameters():
+        assert torch.equal(p, critic[n]) and p.grad is None, n
+    for n, p in agent.critic_target.named_parameters():
+        assert torch.equal(p, target[n]), n     # no target update after a skipped critic step
+    assert all(torch.equal(s["step"], s0) for s, s0 in zip(agent.optimizers["critic"].state.values(), step))
+    assert torch.isfinite(torch.cat([p.flatten() for p in agent.actor.parameters()])).all()
