@@ -1,11 +1,14 @@
 """A tiny multi-task point-mass environment (pure NumPy, vectorised over tasks).
 
 A point mass moves in the box [-1, 1]^2.  Task i's goal is the point at angle
-2 pi i / k on the circle of radius 0.7 around the origin.  The goal is not part of
-the observation, so one policy can only solve several tasks by using the task index
-(multi-head agents, or a task encoding the agent adds itself).
+2 pi i / k on the circle of radius 0.7 around the origin.  With ``observe_goal=False``
+(the default) the goal is not part of the observation, so one policy can only solve
+several tasks by using the task index (multi-head agents, or a task encoding the agent
+adds itself); with ``observe_goal=True`` the goal is appended, as MetaWorld's
+observations contain theirs, and a fully shared policy can solve every task.
 
-* observation: (x, y, vx, vy), float32 (velocity in box units per second, |v| <= 2);
+* observation: (x, y, vx, vy), float32 (velocity in box units per second, |v| <= 2),
+  then (gx, gy) with ``observe_goal``;
 * action: a 2-D acceleration command in [-1, 1]^2;
 * dynamics (dt = 0.1): ``v <- velocity_decay * v + accel_gain * a`` then
   ``p <- clip(p + dt * v, -1, 1)`` (the velocity component into a wall is zeroed);
@@ -42,6 +45,7 @@ class PointMassEnv(MultiTaskVecEnv):
         dt: float = 0.1,
         velocity_decay: float = 0.5,
         accel_gain: float = 1.0,
+        observe_goal: bool = False,
     ):
         if int(num_tasks) < 1:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
@@ -52,7 +56,8 @@ class PointMassEnv(MultiTaskVecEnv):
         k = int(num_tasks)
         self.num_tasks = k
         self.task_names = [f"goal-{i}" for i in range(k)]
-        self.obs_dim = 4
+        self.observe_goal = bool(observe_goal)
+        self.obs_dim = 6 if self.observe_goal else 4
         self.act_dim = 2
         self.action_low = -np.ones(2, dtype=np.float32)
         self.action_high = np.ones(2, dtype=np.float32)
@@ -77,6 +82,7 @@ class PointMassEnv(MultiTaskVecEnv):
             "goal_policy": f"fixed: goal i at angle 2*pi*i/k on the circle of radius {goal_radius}",
             "success": f"distance < {self.success_radius}",
             "task_id_in_obs": False,
+            "goal_in_obs": self.observe_goal,
             "obs_dim": self.obs_dim,
             "dynamics": {"dt": self.dt, "velocity_decay": self.velocity_decay, "accel_gain": self.accel_gain},
             "seed": self.seed,
@@ -92,7 +98,8 @@ class PointMassEnv(MultiTaskVecEnv):
         return self.goals.copy()
 
     def _obs(self) -> np.ndarray:
-        return np.concatenate([self._pos, self._vel], axis=1).astype(np.float32)
+        parts = [self._pos, self._vel] + ([self.goals] if self.observe_goal else [])
+        return np.concatenate(parts, axis=1).astype(np.float32)
 
     def _start_episode(self) -> None:
         r = self.start_radius

@@ -67,6 +67,12 @@ def per_task_grads(loss_fn: LossFn, shared: Mapping[str, Tensor], task: Mapping[
     return losses, g_shared, g_task
 
 
+def _all_finite(tensors) -> bool:
+    """One reduction per tensor: NaN and inf propagate through a sum (a finite sum that
+    overflows float32 also counts as non-finite, which only gradients near 1e31 reach)."""
+    return bool(torch.isfinite(torch.stack([t.sum() for t in tensors])).all())
+
+
 def flatten_rows(grads: Mapping[str, Tensor], names: list[str]) -> Tensor:
     """(k, n) matrix from per-parameter per-task gradients, in the order of ``names``."""
     return torch.cat([grads[n].flatten(1) for n in names], dim=1)
@@ -76,8 +82,8 @@ def _write_flat(direction: Tensor, params: Mapping[str, Tensor]) -> None:
     offset = 0
     for p in params.values():
         n = p.numel()
-        g = direction[offset:offset + n].view_as(p).to(p.dtype)
-        p.grad = g.clone() if p.grad is None else p.grad + g
+        g = direction[offset:offset + n].view_as(p).to(p.dtype)  # a view: no copy
+        p.grad = g if p.grad is None else p.grad + g
         offset += n
 
 
@@ -102,25 +108,26 @@ def aggregated_backward(loss_fn: LossFn, shared: Mapping[str, Tensor], task: Map
     task = dict(task)
     if not aggregator.requires_grads:
         losses = per_task_losses(loss_fn, shared, task, *batch)
-        if check_finite_inputs and not bool(torch.isfinite(losses).all()):
+        if check_finite_inputs and not _all_finite([losses]):
             return UpdateInfo(losses.detach(), None, finite=False)
         aggregator.loss(losses).backward()
         return UpdateInfo(losses.detach(), aggregator.weights)
 
     losses, g_shared, g_task = per_task_grads(loss_fn, shared, task, *batch)
     G = flatten_rows(g_shared, list(shared))
-    if check_finite_inputs:
-        ok = bool(torch.isfinite(losses).all()) and bool(torch.isfinite(G).all())
-        ok = ok and all(bool(torch.isfinite(g).all()) for g in g_task.values())
-        if not ok:
-            return UpdateInfo(losses.detach(), None, finite=False)
-    d = aggregator(G, losses.detach())
+    if check_finite_inputs and not _all_finite([losses, G, *g_task.values()]):
+        return UpdateInfo(losses.detach(), None, finite=False)
+    checks, aggregator.check_inputs = aggregator.check_inputs, False  # just checked
+    try:
+        d = aggregator(G, losses.detach())
+    finally:
+        aggregator.check_inputs = checks
     if aggregator.needs_graph:
         d = d + _penalty_gradient(loss_fn, shared, task, batch, aggregator)
     _write_flat(d, shared)
     for name, p in task.items():
         g = g_task[name].to(p.dtype)
-        p.grad = g.clone() if p.grad is None else p.grad + g
+        p.grad = g if p.grad is None else p.grad + g
     return UpdateInfo(losses.detach(), aggregator.weights, gram=(G @ G.T).to(torch.float64))
 
 

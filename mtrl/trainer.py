@@ -1,0 +1,334 @@
+"""The multi-task SAC training loop.
+
+One *step* is one step of the vector env of all k tasks (k transitions) followed by one
+update (after ``seed_steps`` steps of uniform random actions).  Episodes of all tasks
+run in lock step; evaluation and checkpoints happen at episode boundaries, and every
+episode starts from ``env.reset(seed=f(run seed, episode index))``, so a run resumed from
+a checkpoint continues exactly as the uninterrupted run would have (bit-identical on CPU).
+
+The config is a plain nested dict (Hydra's, converted): keys ``seed``, ``device``,
+``env``, ``agent``, ``aggregator``, ``train``, ``performance`` (see ``configs/train.yaml``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import aggregators
+import envs
+from agents import MultiTaskSAC
+from aggregators import diagnostics
+
+from .checkpoint import CheckpointError, load, save_atomic
+from .evaluation import evaluate, success_drops
+from .metrics_log import RunLogger
+from .replay import ReplayBuffer
+
+CHECKPOINT_FORMAT = 1
+COMPONENTS = ("critic", "actor", "alpha")
+#: loss-only methods that take logs of the losses (need positive losses)
+LOG_LOSS_METHODS = ("famo", "si")
+
+
+class ConfigError(ValueError):
+    """A bad configuration: reported as one line, exit code 2, before any work starts."""
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive updates with non-finite losses or gradients."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def _episode_seed(seed: int, episode: int) -> int:
+    return (seed * 1_000_003 + episode) % (2**31 - 1)
+
+
+def build_aggregator(cfg: dict, num_tasks: int, preset: str | None = None) -> aggregators.Aggregator:
+    """The configured aggregator; with ``preset`` (a benchmark name) the references' values
+    for that benchmark replace the config's."""
+    hp = {k: v for k, v in cfg.items() if k != "name"}
+    hp.update(aggregators.preset(cfg["name"], preset))
+    try:
+        return aggregators.make(cfg["name"], num_tasks, **hp)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+class Trainer:
+    def __init__(self, cfg: dict, run_dir: str | Path):
+        self.cfg = copy.deepcopy(cfg)
+        self.run_dir = Path(run_dir)
+        self.seed = int(cfg["seed"])
+        self.device = resolve_device(str(cfg.get("device", "auto")))
+        t = cfg["train"]
+        self.total_steps = int(t["steps"])
+        self.seed_steps = int(t["seed_steps"])
+        self.batch_size = int(t["batch_size"])
+        self.eval_every = int(t["eval_every"])
+        self.eval_episodes = int(t["eval_episodes"])
+        self.checkpoint_every = int(t["checkpoint_every"])
+        self.diagnostics_every = int(t["diagnostics_every"])
+        self.log_every = int(t.get("log_every", 100))
+        self.max_nonfinite = int(t.get("max_nonfinite", 100))
+
+        self._seed_everything(self.seed)
+        e = cfg["env"]
+        try:
+            self.env = envs.make_env(e["name"], protocol=e["protocol"], seed=self.seed,
+                                     reward_version=e.get("reward_version", "v2"), **e.get("kwargs", {}))
+            self.eval_env = envs.make_env(e["name"], protocol=e["protocol"], seed=self.seed,
+                                          reward_version=e.get("reward_version", "v2"), **e.get("kwargs", {}))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        k = self.env.num_tasks
+        expected = e.get("num_tasks")
+        if expected is not None and int(expected) != k:
+            raise ConfigError(f"env {e['name']} has {k} tasks but the config says num_tasks={expected}; fix env.num_tasks")
+        self.num_tasks = k
+        ref = cfg.get("performance", {}).get("reference_success", 1.0)
+        ref = np.broadcast_to(np.asarray(ref, dtype=np.float64), (k,)).copy() if np.ndim(ref) == 0 or len(ref) == k else None
+        if ref is None or not (ref > 0).all():
+            raise ConfigError(f"performance.reference_success must be one positive number or {k} of them")
+        self.reference_success = ref
+
+        components = list(cfg.get("aggregate", COMPONENTS))
+        unknown = sorted(set(components) - set(COMPONENTS))
+        if unknown:
+            raise ConfigError(f"aggregate lists unknown component(s) {unknown}; valid: {', '.join(COMPONENTS)}")
+        name = cfg["aggregator"]["name"]
+        if name in LOG_LOSS_METHODS and "actor" in components:
+            raise ConfigError(f"{name} takes the log of the losses and the SAC actor loss is negative: "
+                              f"use aggregate=[critic] (FAMO's MT10 setting) or aggregate=[critic,alpha]")
+        aggs = {c: build_aggregator(cfg["aggregator"] if c in components else {"name": "ls"}, k,
+                                    cfg.get("aggregator_preset")) for c in COMPONENTS}
+        a = dict(cfg["agent"])
+        kind = a.pop("kind")
+        try:
+            self.agent = MultiTaskSAC(self.env.obs_dim, self.env.act_dim, k, kind=kind,
+                                      aggregators=aggs, device=self.device, **a)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"agent config: {exc}") from None
+        self.buffer = ReplayBuffer(k, self.env.obs_dim, self.env.act_dim, int(t["buffer_size"]), self.device)
+        self.sample_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+        self.action_gen = torch.Generator().manual_seed(self.seed + 2)
+        self.step = 0
+        self.episode = 0
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+        self.best_mean_success = -math.inf
+        self.last_eval = None
+        self.wall_time = 0.0
+
+        self.ckpt_path = self.run_dir / "checkpoints" / "latest.pt"
+        resumed = self.ckpt_path.exists()
+        if resumed:
+            self._restore(load(self.ckpt_path))
+        self.log = RunLogger(self.run_dir, resume_step=self.step if resumed else None)
+        self.resumed = resumed
+
+    # -- reproducibility ----------------------------------------------------------------
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _state(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg,
+            "step": self.step,
+            "episode": self.episode,
+            "agent": self.agent.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+                "sample": self.sample_gen.get_state(),
+                "action": self.action_gen.get_state(),
+            },
+            "nonfinite_total": self.nonfinite_total,
+            "best_mean_success": self.best_mean_success,
+            "last_eval": self.last_eval,
+            "wall_time": self.wall_time,
+        }
+
+    def _restore(self, state: dict) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{self.ckpt_path} has format {state.get('format')}, this trainer writes "
+                                  f"{CHECKPOINT_FORMAT}; use a new run directory")
+        old, new = state["config"], self.cfg
+        for key in ("env", "agent", "aggregator", "aggregate", "aggregator_preset"):
+            if old.get(key) != new.get(key):
+                raise CheckpointError(f"{self.ckpt_path} was written with a different {key} config "
+                                      f"({old.get(key)} vs {new.get(key)}); use a new run directory")
+        try:
+            self.agent.load_state_dict(state["agent"])
+            self.buffer.load_state_dict(state["buffer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{self.ckpt_path} does not fit this run ({exc}); use a new run directory") from None
+        self.step, self.episode = int(state["step"]), int(state["episode"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.sample_gen.set_state(rng["sample"])
+        self.action_gen.set_state(rng["action"])
+        self.nonfinite_total = int(state["nonfinite_total"])
+        self.best_mean_success = float(state["best_mean_success"])
+        self.last_eval = state["last_eval"]
+        self.wall_time = float(state["wall_time"])
+
+    def save_checkpoint(self) -> None:
+        save_atomic(self._state(), self.ckpt_path)
+
+    # -- the loop -------------------------------------------------------------------------
+    def _random_actions(self) -> np.ndarray:
+        k, a = self.num_tasks, self.env.act_dim
+        u = torch.rand((k, a), generator=self.action_gen, dtype=torch.float64).numpy()
+        return (self.env.action_low + u * (self.env.action_high - self.env.action_low)).astype(np.float32)
+
+    def _update(self) -> None:
+        batch = self.buffer.sample(self.batch_size, self.sample_gen)
+        info = self.agent.update(batch)
+        skipped = any(float(info.get(f"skipped_{c}", 0)) for c in COMPONENTS)
+        if skipped:
+            self.nonfinite_in_row += 1
+            self.nonfinite_total += 1
+            self.log.scalars({"train/nonfinite_updates": self.nonfinite_total}, self.step)
+            if self.nonfinite_in_row >= self.max_nonfinite:
+                raise NonFiniteError(
+                    f"{self.nonfinite_in_row} consecutive updates had non-finite losses or gradients "
+                    f"(step {self.step}); the last good checkpoint is {self.ckpt_path}. Lower the learning "
+                    "rate or check the rewards, then resume"
+                )
+            return
+        self.nonfinite_in_row = 0
+        if self.step % self.log_every == 0:
+            self.log.scalars(self._loggable(info), self.step)
+        if self.diagnostics_every > 0 and self.step % self.diagnostics_every == 0:
+            for c in COMPONENTS:
+                gram = info.get(f"gram_{c}")
+                if gram is not None and gram.shape[0] > 1:
+                    self.log.scalars({f"diagnostics/{c}/{key}": v
+                                      for key, v in diagnostics.summary(gram, is_gram=True).items()}, self.step)
+
+    def _loggable(self, info: dict) -> dict[str, float]:
+        out = {}
+        names = self.env.task_names
+        for key, value in info.items():
+            if key.startswith("gram_") or value is None:
+                continue
+            if torch.is_tensor(value) and value.numel() > 1:
+                for i, v in enumerate(value.detach().flatten().tolist()):
+                    out[f"{key}/{names[i] if value.numel() == len(names) else i}"] = v
+            else:
+                out[f"train/{key}" if "/" not in key else key] = float(value)
+        return out
+
+    def _evaluate(self) -> dict:
+        res = evaluate(self.agent, self.eval_env, self.eval_episodes, seed=_episode_seed(self.seed + 7919, self.step),
+                       device=self.device)
+        dm = success_drops(res.success, self.reference_success)
+        record = {
+            "step": self.step,
+            "tasks": list(self.env.task_names),
+            "success": res.success.tolist(),
+            "mean_success": res.mean_success,
+            "returns": res.returns.tolist(),
+            "wall_time": self.wall_time,
+            "delta_m": dm.tolist(),
+        }
+        for c in COMPONENTS:
+            agg = self.agent.aggregators[c]
+            if hasattr(agg, "update_performance"):
+                agg.update_performance(torch.as_tensor(dm))
+                record.setdefault("omega", agg.omega.tolist())
+                record.setdefault("temperature", agg.temperature)
+            if agg.weights is not None:
+                record.setdefault("weights", {})[c] = agg.weights.detach().cpu().tolist()
+        self.best_mean_success = max(self.best_mean_success, res.mean_success)
+        self.last_eval = record
+        self.log.evaluation(record)
+        scal = {"eval/mean_success": res.mean_success, "eval/best_mean_success": self.best_mean_success}
+        for name, s, r in zip(self.env.task_names, res.success, res.returns):
+            scal[f"eval/success/{name}"] = float(s)
+            scal[f"eval/return/{name}"] = float(r)
+        if "omega" in record:
+            scal.update({f"pivrg/omega/{n}": w for n, w in zip(self.env.task_names, record["omega"])})
+            scal["pivrg/temperature"] = record["temperature"]
+        self.log.scalars(scal, self.step)
+        return record
+
+    def train(self) -> dict | None:
+        """Run (or continue) training to ``train.steps``; returns the last evaluation."""
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                   mininterval=1.0)
+        next_eval = (self.step // self.eval_every + 1) * self.eval_every
+        last_ckpt = self.step
+        try:
+            while self.step < self.total_steps:
+                t0 = time.perf_counter()
+                obs = self.env.reset(seed=_episode_seed(self.seed, self.episode))
+                for _ in range(self.env.max_episode_steps):
+                    if self.step < self.seed_steps:
+                        action = self._random_actions()
+                    else:
+                        with torch.no_grad():
+                            action = self.agent.act(torch.as_tensor(obs, device=self.device), deterministic=False)
+                        action = action.cpu().numpy()
+                    res = self.env.step(action)
+                    self.buffer.add(obs, action, res.reward, res.next_obs, res.terminated)
+                    obs = res.obs
+                    self.step += 1
+                    if self.step >= self.seed_steps:
+                        self._update()
+                    bar.update()
+                    if self.step >= self.total_steps or bool(np.all(res.terminated | res.truncated)):
+                        break
+                self.episode += 1
+                self.wall_time += time.perf_counter() - t0
+                if self.step >= next_eval or self.step >= self.total_steps:
+                    rec = self._evaluate()
+                    bar.set_postfix(success=f"{rec['mean_success']:.2f}", best=f"{self.best_mean_success:.2f}")
+                    next_eval = (self.step // self.eval_every + 1) * self.eval_every
+                if self.step - last_ckpt >= self.checkpoint_every or self.step >= self.total_steps:
+                    self.save_checkpoint()
+                    last_ckpt = self.step
+        finally:
+            bar.close()
+            self.log.close()
+        return self.last_eval
+
+    def close(self) -> None:
+        self.env.close()
+        self.eval_env.close()
+
+
+def format_success_table(record: dict, best: float) -> str:
+    """The per-task success table printed at the end of a run."""
+    width = max(len(t) for t in record["tasks"])
+    lines = [f"{'task':<{width}}  success", "-" * (width + 9)]
+    lines += [f"{t:<{width}}  {s:7.2f}" for t, s in zip(record["tasks"], record["success"])]
+    lines.append("-" * (width + 9))
+    lines.append(f"{'mean':<{width}}  {record['mean_success']:7.2f}   (best over training: {best:.2f}, step {record['step']})")
+    return "\n".join(lines)
