@@ -121,8 +121,8 @@ class Trainer:
         try:
             self.agent = MultiTaskSAC(self.env.obs_dim, self.env.act_dim, k, kind=kind,
                                       aggregators=aggs, device=self.device, **a)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"agent config: {exc}") from None
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"agent config: {str(exc).splitlines()[0]}") from None
         self.buffer = ReplayBuffer(k, self.env.obs_dim, self.env.act_dim, int(t["buffer_size"]), self.device)
         self.sample_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         self.action_gen = torch.Generator().manual_seed(self.seed + 2)

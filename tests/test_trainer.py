@@ -1,0 +1,164 @@
+"""The MT10 trainer: learning on the point-mass env, bit-identical resume, atomic and
+validated checkpoints, bad configs, non-finite updates, and an MT10 smoke run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtrl.checkpoint import CheckpointError, save_atomic
+from mtrl.trainer import ConfigError, NonFiniteError, Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def point_mass_cfg(aggregator="ls", kind="mh_sac", steps=1000, seed=0, **train):
+    t = {"steps": steps, "seed_steps": 500, "batch_size": 256, "buffer_size": 100_000, "eval_every": 500,
+         "eval_episodes": 3, "checkpoint_every": 500, "diagnostics_every": 100, "log_every": 100}
+    t.update(train)
+    return {"seed": seed, "device": "cpu", "aggregator_preset": None, "aggregate": ["critic", "actor", "alpha"],
+            "env": {"name": "point_mass", "protocol": "paper", "reward_version": "v2",
+                    "kwargs": {"num_tasks": 4, "observe_goal": True}},
+            "agent": {"kind": kind, "hidden": 64, "layers": 2},
+            "aggregator": {"name": aggregator},
+            "train": t,
+            "performance": {"reference_success": 1.0}}
+
+
+@pytest.mark.parametrize("kind", ["mh_sac", "mtl_sac", "mtl_sac_te"])
+@pytest.mark.parametrize("aggregator,steps", [("ls", 4000), ("pivrg", 3000)])
+def test_sac_learns_the_point_mass_tasks(tmp_path, kind, aggregator, steps):
+    """Threshold: best mean success over training >= 0.75 (measured: 1.0 for every pair)."""
+    torch.set_num_threads(1)
+    tr = Trainer(point_mass_cfg(aggregator, kind, steps=steps, checkpoint_every=10**6), tmp_path)
+    tr.train()
+    assert tr.best_mean_success >= 0.75
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == steps and len(records[-1]["success"]) == 4
+    if aggregator == "pivrg":
+        assert "omega" in records[-1] and "temperature" in records[-1]
+
+
+def _params(trainer):
+    return {k: v.clone() for k, v in trainer.agent.actor.state_dict().items()}
+
+
+def test_resume_continues_bit_identically(tmp_path):
+    full = Trainer(point_mass_cfg("pivrg", steps=1000), tmp_path / "full")
+    full.train()
+    part = Trainer(point_mass_cfg("pivrg", steps=500), tmp_path / "part")
+    part.train()
+    resumed = Trainer(point_mass_cfg("pivrg", steps=1000), tmp_path / "part")
+    assert resumed.resumed and resumed.step == 500
+    resumed.train()
+    a, b = _params(full), _params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = lambda d: [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+    fa, fb = lines(tmp_path / "full"), lines(tmp_path / "part")
+    assert [r["success"] for r in fa] == [r["success"] for r in fb]
+    assert [r["omega"] for r in fa] == [r["omega"] for r in fb]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    ckpt = tmp_path / "checkpoints" / "latest.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        Trainer(point_mass_cfg(), tmp_path)
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    Trainer(point_mass_cfg("ls", steps=500), tmp_path).train()
+    with pytest.raises(CheckpointError, match="different aggregator"):
+        Trainer(point_mass_cfg("pivrg", steps=1000), tmp_path)
+
+
+def test_atomic_save_keeps_the_old_checkpoint_when_writing_fails(tmp_path):
+    path = tmp_path / "c.pt"
+    save_atomic({"format": 1, "x": 1}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        save_atomic({"format": 1, "x": Boom()}, path)
+    assert torch.load(path)["x"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_bad_configs_raise_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="valid"):
+        Trainer({**point_mass_cfg(), "aggregator": {"name": "nope"}}, tmp_path)
+    cfg = point_mass_cfg()
+    cfg["env"] = {**cfg["env"], "num_tasks": 10}
+    with pytest.raises(ConfigError, match="4 tasks"):
+        Trainer(cfg, tmp_path)
+    with pytest.raises(ConfigError, match="aggregate=\\[critic\\]"):
+        Trainer({**point_mass_cfg("famo")}, tmp_path)
+
+
+def test_non_finite_updates_are_skipped_then_stop(tmp_path):
+    tr = Trainer(point_mass_cfg(steps=700, max_nonfinite=5), tmp_path)
+    tr.agent.update = lambda batch: {"skipped_critic": 1}
+    with pytest.raises(NonFiniteError, match="consecutive"):
+        tr.train()
+    assert tr.nonfinite_total == 5
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("override,needle", [("aggregator=nope", "unknown aggregator"),
+                                             ("env=mt11", "unknown env"),
+                                             ("agent=mh_sac agent.hidden=-3", "agent config")])
+def test_cli_bad_config_exits_2_with_one_line(tmp_path, override, needle):
+    res = _cli(*override.split(), "experiment=point_mass_quick", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    err = [l for l in res.stderr.splitlines() if l.strip()]
+    assert len(err) == 1 and needle in err[0]
+
+
+def test_mt10_smoke_run_writes_all_outputs(tmp_path):
+    res = _cli("env=mt10", "aggregator=pivrg", "agent.hidden=32", "agent.layers=1", "train.steps=300",
+               "train.seed_steps=150", "train.batch_size=100", "train.eval_every=150", "train.eval_episodes=1",
+               "train.checkpoint_every=150", "train.diagnostics_every=50", "device=cpu",
+               f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [150, 300]
+    r = records[-1]
+    assert len(r["tasks"]) == 10 and len(r["success"]) == 10 and 0 <= r["mean_success"] <= 1
+    assert {"wall_time", "weights", "omega"} <= set(r)
+    assert (tmp_path / "checkpoints" / "latest.pt").exists()
+    assert any((tmp_path / "tb").iterdir())
+    assert (tmp_path / ".hydra" / "config.yaml").exists()
+    assert "mean" in res.stdout and "reach" in res.stdout  # the per-task success table
+
+
+def test_sigkilled_run_resumes_from_its_last_checkpoint(tmp_path):
+    import signal
+    import time
+
+    args = [sys.executable, str(ROOT / "scripts" / "train.py"), "experiment=point_mass_quick", "train.steps=2000",
+            "train.checkpoint_every=500", "train.eval_every=500", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "checkpoints" / "latest.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists()
+    res = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resuming from step" in res.stdout
+    steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [500, 1000, 1500, 2000]
