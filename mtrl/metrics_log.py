@@ -48,6 +48,9 @@ class RunLogger:
         for key, value in values.items():
             self.tb.add_scalar(key, value, step)
 
+    def flush(self) -> None:
+        self.tb.flush()
+
     def close(self) -> None:
         self.tb.flush()
         self.tb.close()

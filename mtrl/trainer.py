@@ -105,6 +105,16 @@ class Trainer:
         if ref is None or not (ref > 0).all():
             raise ConfigError(f"performance.reference_success must be one positive number or {k} of them")
         self.reference_success = ref
+        perf = cfg.get("performance", {})
+        self.performance_source = perf.get("source", "eval")
+        if self.performance_source not in ("eval", "train_window"):
+            raise ConfigError(f"performance.source must be 'eval' or 'train_window', got {self.performance_source!r}")
+        self.performance_window = int(perf.get("window", 50))
+        if self.performance_window < 1:
+            raise ConfigError(f"performance.window must be >= 1 episode, got {self.performance_window}")
+        #: success (0/1) of the last training episodes, one row per episode (train_window source)
+        self.train_success: list[list[float]] = []
+        self.fed_success: list[float] | None = None
 
         components = list(cfg.get("aggregate", COMPONENTS))
         unknown = sorted(set(components) - set(COMPONENTS))
@@ -168,6 +178,8 @@ class Trainer:
             "best_mean_success": self.best_mean_success,
             "last_eval": self.last_eval,
             "wall_time": self.wall_time,
+            "train_success": self.train_success,
+            "fed_success": self.fed_success,
         }
 
     def _restore(self, state: dict) -> None:
@@ -175,7 +187,7 @@ class Trainer:
             raise CheckpointError(f"{self.ckpt_path} has format {state.get('format')}, this trainer writes "
                                   f"{CHECKPOINT_FORMAT}; use a new run directory")
         old, new = state["config"], self.cfg
-        for key in ("env", "agent", "aggregator", "aggregate", "aggregator_preset"):
+        for key in ("env", "agent", "aggregator", "aggregate", "aggregator_preset", "performance"):
             if old.get(key) != new.get(key):
                 raise CheckpointError(f"{self.ckpt_path} was written with a different {key} config "
                                       f"({old.get(key)} vs {new.get(key)}); use a new run directory")
@@ -197,6 +209,8 @@ class Trainer:
         self.best_mean_success = float(state["best_mean_success"])
         self.last_eval = state["last_eval"]
         self.wall_time = float(state["wall_time"])
+        self.train_success = state["train_success"]
+        self.fed_success = state["fed_success"]
 
     def save_checkpoint(self) -> None:
         save_atomic(self._state(), self.ckpt_path)
@@ -245,10 +259,30 @@ class Trainer:
                 out[f"train/{key}" if "/" not in key else key] = float(value)
         return out
 
+    def _feed_performance(self, success: np.ndarray) -> None:
+        """PIVRG's signal: ``dm_i = 100 (s_ref_i - s_i) / s_ref_i`` to every
+        performance-informed aggregator, whenever the success rates changed."""
+        success = [float(x) for x in success]
+        if success == self.fed_success:
+            return
+        self.fed_success = success
+        dm = torch.as_tensor(success_drops(np.asarray(success), self.reference_success))
+        for agg in self.agent.aggregators.values():
+            if hasattr(agg, "update_performance"):
+                agg.update_performance(dm)
+
+    def _end_training_episode(self, hit: np.ndarray) -> None:
+        """Record a training episode's per-task success; with ``performance.source:
+        train_window`` feed the success rate over the last ``window`` episodes."""
+        if self.performance_source != "train_window":
+            return
+        self.train_success.append(hit.astype(float).tolist())
+        del self.train_success[:-self.performance_window]
+        self._feed_performance(np.mean(self.train_success, axis=0))
+
     def _evaluate(self) -> dict:
         res = evaluate(self.agent, self.eval_env, self.eval_episodes, seed=_episode_seed(self.seed + 7919, self.step),
                        device=self.device)
-        dm = success_drops(res.success, self.reference_success)
         record = {
             "step": self.step,
             "tasks": list(self.env.task_names),
@@ -256,12 +290,14 @@ class Trainer:
             "mean_success": res.mean_success,
             "returns": res.returns.tolist(),
             "wall_time": self.wall_time,
-            "delta_m": dm.tolist(),
         }
+        if self.performance_source == "eval":
+            self._feed_performance(res.success)
+        if self.fed_success is not None:
+            record["delta_m"] = success_drops(np.asarray(self.fed_success), self.reference_success).tolist()
         for c in COMPONENTS:
             agg = self.agent.aggregators[c]
             if hasattr(agg, "update_performance"):
-                agg.update_performance(torch.as_tensor(dm))
                 record.setdefault("omega", agg.omega.tolist())
                 record.setdefault("temperature", agg.temperature)
             if agg.weights is not None:
@@ -289,6 +325,7 @@ class Trainer:
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 obs = self.env.reset(seed=_episode_seed(self.seed, self.episode))
+                hit = np.zeros(self.num_tasks, dtype=bool)
                 for _ in range(self.env.max_episode_steps):
                     if self.step < self.seed_steps:
                         action = self._random_actions()
@@ -299,6 +336,7 @@ class Trainer:
                     res = self.env.step(action)
                     self.buffer.add(obs, action, res.reward, res.next_obs, res.terminated)
                     obs = res.obs
+                    hit |= res.success.astype(bool)
                     self.step += 1
                     if self.step >= self.seed_steps:
                         self._update()
@@ -306,6 +344,7 @@ class Trainer:
                     if self.step >= self.total_steps or bool(np.all(res.terminated | res.truncated)):
                         break
                 self.episode += 1
+                self._end_training_episode(hit)
                 self.wall_time += time.perf_counter() - t0
                 if self.step >= next_eval or self.step >= self.total_steps:
                     rec = self._evaluate()
@@ -316,10 +355,11 @@ class Trainer:
                     last_ckpt = self.step
         finally:
             bar.close()
-            self.log.close()
+            self.log.flush()
         return self.last_eval
 
     def close(self) -> None:
+        self.log.close()
         self.env.close()
         self.eval_env.close()
 

@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--no-reference", action="store_true", help="skip the one-backward-per-task rows")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--end-to-end", type=int, default=450, metavar="STEPS",
+                    help="also run this many update steps of experiment=mt10_quick and print steps/s (0: skip)")
+    ap.add_argument("--end-to-end-method", default="pivrg")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -106,7 +109,37 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 ptg.per_task_grads = vectorised
             print(f"{m:<14}{'k backward passes':>22}{t * 1e3:>12.1f}{t / plain:>9.2f}")
+    if args.end_to_end > 0:
+        rate = end_to_end_steps_per_second(args.end_to_end, args.end_to_end_method, args.device)
+        print(f"end to end, experiment=mt10_quick aggregator={args.end_to_end_method}: {rate:.1f} steps/s "
+              f"(env step + action + update, k = 10 transitions per step; {args.end_to_end} update steps)")
     return 0
+
+
+def end_to_end_steps_per_second(steps: int, method: str, device: str) -> float:
+    """Steps/s of the real trainer on ``experiment=mt10_quick`` after its random phase."""
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from mtrl.trainer import Trainer
+
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=mt10_quick", f"aggregator={method}", f"device={device}",
+                                          "train.seed_steps=150", f"train.steps={150 + steps}",
+                                          "train.eval_every=1000000", "train.checkpoint_every=1000000"])
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(OmegaConf.to_container(cfg, resolve=True), run_dir)
+        trainer.total_steps = 150  # the random phase, timed separately
+        trainer.train()
+        seed_time = trainer.wall_time
+        trainer.total_steps = 150 + steps
+        trainer.train()
+        rate = steps / (trainer.wall_time - seed_time)
+        trainer.close()
+    return rate
 
 
 if __name__ == "__main__":

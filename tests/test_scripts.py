@@ -49,7 +49,7 @@ def test_bench_script_prints_table(capsys):
 
 def test_bench_update_script_prints_ratios(capsys):
     assert _script("bench_update").main(["--hidden", "16", "--layers", "1", "--batch", "40", "--repeats", "1",
-                                         "--methods", "pivrg"]) == 0
+                                         "--methods", "pivrg", "--end-to-end", "0"]) == 0
     out = capsys.readouterr().out
     assert "ls (plain)" in out and "vmap (one pass)" in out and "k backward passes" in out
 

@@ -162,3 +162,20 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(tmp_path):
     assert "resuming from step" in res.stdout
     steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [500, 1000, 1500, 2000]
+
+
+def test_pivrg_fed_from_a_window_of_training_episodes(tmp_path):
+    cfg = point_mass_cfg("pivrg", steps=600)
+    cfg["performance"] = {"reference_success": 1.0, "source": "train_window", "window": 3}
+    tr = Trainer(cfg, tmp_path)
+    fed = []
+    agg = tr.agent.aggregators["critic"]
+    original = agg.update_performance
+    agg.update_performance = lambda dm: (fed.append(list(map(float, dm))), original(dm))
+    tr.train()
+    assert len(tr.train_success) == 3  # the window keeps the last 3 episodes
+    expected = 100 * (1 - torch.tensor(tr.train_success).mean(0))
+    assert torch.allclose(torch.tensor(fed[-1], dtype=torch.float64), expected.double())
+    assert torch.allclose(agg.delta_m, expected.double())
+    with pytest.raises(ConfigError, match="source"):
+        Trainer({**cfg, "performance": {"source": "test"}}, tmp_path / "x")
