@@ -274,6 +274,7 @@ class Trainer:
     def _end_training_episode(self, hit: np.ndarray) -> None:
         """Record a training episode's per-task success; with ``performance.source:
         train_window`` feed the success rate over the last ``window`` episodes."""
+        self.log.scalars({"train/episode_success": float(hit.mean())}, self.step)
         if self.performance_source != "train_window":
             return
         self.train_success.append(hit.astype(float).tolist())
