@@ -32,6 +32,17 @@ def linear_problem(k, n=6, seed=0):
 # --------------------------------------------------------------------------------------
 # GradNorm
 # --------------------------------------------------------------------------------------
+def train_gradnorm(agg, G, l, steps=300):
+    """SGD (lr 0.1, decayed) on GradNorm's logits with fixed gradients and losses."""
+    opt = torch.optim.SGD(agg.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.98)
+    for _ in range(steps):
+        opt.zero_grad()
+        agg(G, l)
+        opt.step()
+        sched.step()
+
+
 def test_gradnorm_known_gradient():
     """k = 2, s = 0 (w = 1), norms (1, 3), r = 1: target (2, 2), L_grad = 2,
     dL/dw = (-1, 3), dw/ds = [[.5, -.5], [-.5, .5]] -> s.grad = (-2, 2)."""
@@ -81,14 +92,8 @@ def test_gradnorm_sgd_equalises_weighted_norms():
     G = with_norms([0.5, 1.0, 4.0, 2.0])
     l = torch.tensor([1.0, 2.0, 3.0, 0.5], dtype=F64)  # constant losses: r = 1
     agg = aggregators.make("gradnorm", k)
-    opt = torch.optim.SGD(agg.parameters(), lr=0.1)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.98)
     spread0 = float((G.norm(dim=1)).std() / G.norm(dim=1).mean())
-    for _ in range(300):
-        opt.zero_grad()
-        agg(G, l)
-        opt.step()
-        sched.step()
+    train_gradnorm(agg, G, l)
     n = agg.weights * G.norm(dim=1)
     assert float(n.std() / n.mean()) < 1e-3 * spread0
     assert float(agg.weights.sum()) == pytest.approx(k)
@@ -102,13 +107,7 @@ def test_gradnorm_alpha_1_tracks_inverse_rates():
     l0 = torch.tensor([1.0, 1.0, 1.0], dtype=F64)
     agg(G, l0)
     l = torch.tensor([0.5, 1.0, 1.5], dtype=F64)
-    opt = torch.optim.SGD(agg.parameters(), lr=0.1)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.98)
-    for _ in range(300):
-        opt.zero_grad()
-        agg(G, l)
-        opt.step()
-        sched.step()
+    train_gradnorm(agg, G, l)
     n = agg.weights * G.norm(dim=1)
     assert torch.allclose(n / n.mean(), agg.inverse_rates(l), rtol=1e-3)
 
