@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, grad_and_value, vmap
 
-from aggregators import Aggregator
+from aggregators import Aggregator, GramWeighting
 from aggregators.base import check_finite
 
 __all__ = ["per_task_grads", "per_task_losses", "aggregated_backward", "UpdateInfo", "flatten_rows"]
@@ -117,9 +117,13 @@ def aggregated_backward(loss_fn: LossFn, shared: Mapping[str, Tensor], task: Map
     G = flatten_rows(g_shared, list(shared))
     if check_finite_inputs and not _all_finite([losses, G, *g_task.values()]):
         return UpdateInfo(losses.detach(), None, finite=False)
+    gram = G @ G.T  # in G's dtype: Gram methods size their regularisation by it
     checks, aggregator.check_inputs = aggregator.check_inputs, False  # just checked
     try:
-        d = aggregator(G, losses.detach())
+        if isinstance(aggregator, GramWeighting):  # reuse the one Gram matrix for the weights
+            d = aggregator.gram_weights(gram, losses.detach()).to(G.dtype) @ G
+        else:
+            d = aggregator(G, losses.detach())
     finally:
         aggregator.check_inputs = checks
     if aggregator.needs_graph:
@@ -128,7 +132,7 @@ def aggregated_backward(loss_fn: LossFn, shared: Mapping[str, Tensor], task: Map
     for name, p in task.items():
         g = g_task[name].to(p.dtype)
         p.grad = g if p.grad is None else p.grad + g
-    return UpdateInfo(losses.detach(), aggregator.weights, gram=(G @ G.T).to(torch.float64))
+    return UpdateInfo(losses.detach(), aggregator.weights, gram=gram.to(torch.float64))
 
 
 def _penalty_gradient(loss_fn: LossFn, shared: dict, task: dict, batch: tuple, aggregator: Aggregator) -> Tensor:
