@@ -181,6 +181,11 @@ class MetaWorldVecEnv(MultiTaskVecEnv):
         }
         self._needs_reset = True
 
+    @property
+    def vector_env(self):
+        """The package's gymnasium vector env (for ``metaworld.evaluation``)."""
+        return self._vec
+
     def goal_positions(self) -> np.ndarray:
         """(k, 3) goal position of each task's current episode."""
         return np.stack([np.asarray(e.unwrapped._target_pos, dtype=np.float64) for e in self._vec.envs])

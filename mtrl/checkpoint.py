@@ -37,10 +37,13 @@ def save_atomic(state: dict, path: str | os.PathLike) -> None:
         raise
 
 
-def load(path: str | os.PathLike) -> dict:
-    """Read a checkpoint; a corrupt or foreign file raises :class:`CheckpointError` naming the fix."""
+def load(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """Read a checkpoint; a corrupt or foreign file raises :class:`CheckpointError` naming the fix.
+
+    ``mmap=True`` maps the tensors instead of reading them (the evaluator needs the agent,
+    not the replay buffer that makes up most of the file)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as exc:  # torch raises several kinds for truncated / foreign files
         raise CheckpointError(
             f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}); "

@@ -1,6 +1,12 @@
 """Evaluation of a multi-task policy: deterministic actions, success = the env's success
-flag reached at any step of the episode (per task), the protocol of the published MT10
-numbers."""
+flag reached at any step of the episode (per task).
+
+* :func:`evaluate`: the protocol of the published MT10 numbers, episodes of all tasks in
+  lock step (any :class:`envs.MultiTaskVecEnv`);
+* :func:`evaluate_metaworld`: the MetaWorld 3 package's own evaluation
+  (``metaworld.evaluation.evaluation``: N episodes per task, ending on success, a fresh
+  goal variant at every reset under the ``metaworld3`` protocol).
+"""
 
 from __future__ import annotations
 
@@ -47,3 +53,29 @@ def evaluate(agent, env, episodes: int, seed: int, device: torch.device) -> Eval
         successes[ep] = hit
         returns[ep] = total
     return EvalResult(successes.mean(0), returns.mean(0))
+
+
+class _MetaWorldPolicy:
+    """The agent behind the interface ``metaworld.evaluation`` drives (``eval_action``,
+    ``reset``); row i of the observations belongs to task i."""
+
+    def __init__(self, agent, device: torch.device):
+        self.agent, self.device = agent, device
+
+    @torch.no_grad()
+    def eval_action(self, observations: np.ndarray) -> np.ndarray:
+        obs = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
+        return self.agent.act(obs, deterministic=True).cpu().numpy()
+
+    def reset(self, env_mask: np.ndarray) -> None:  # a feed-forward policy has no state
+        pass
+
+
+def evaluate_metaworld(agent, env, episodes: int, device: torch.device) -> EvalResult:
+    """``metaworld.evaluation.evaluation`` on a :class:`envs.MetaWorldVecEnv` (its gym vector
+    env): ``episodes`` episodes per task; per-task success rate and mean return."""
+    from metaworld.evaluation import evaluation
+
+    _, _, success, returns = evaluation(_MetaWorldPolicy(agent, device), env.vector_env, num_episodes=episodes)
+    names = env.task_names
+    return EvalResult(np.array([success[n] for n in names]), np.array([np.mean(returns[n]) for n in names]))

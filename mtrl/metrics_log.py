@@ -1,7 +1,8 @@
-"""Run outputs: ``metrics.jsonl`` (one JSON object per evaluation) and TensorBoard scalars.
+"""Run outputs: ``config.json`` (the resolved config), ``metrics.jsonl`` (one JSON object
+per evaluation), ``status.json`` (``finished`` / ``failed``) and TensorBoard scalars.
 
 Every number a run produces lands in its run directory; summaries are computed from
-``metrics.jsonl`` alone.  On resume the file is truncated to the evaluations up to the
+``metrics.jsonl`` and ``config.json`` alone.  On resume the file is truncated to the evaluations up to the
 checkpoint's step, so a run killed between a checkpoint and the next one never reports
 an evaluation twice.
 """
@@ -14,6 +15,8 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
+from .run_files import write_json_atomic, write_status
+
 
 class RunLogger:
     def __init__(self, run_dir: str | os.PathLike, resume_step: int | None = None):
@@ -24,6 +27,7 @@ class RunLogger:
             self._truncate_after(resume_step)
         elif self.metrics_path.exists():
             self.metrics_path.unlink()
+        (self.run_dir / "status.json").unlink(missing_ok=True)  # running again
         self.tb = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=resume_step)
 
     def _truncate_after(self, step: int) -> None:
@@ -36,7 +40,15 @@ class RunLogger:
                     keep.append(line)
             except (ValueError, KeyError):
                 break  # a torn last line from a killed run
-        self.metrics_path.write_text("".join(l + "\n" for l in keep))
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(l + "\n" for l in keep))
+        os.replace(tmp, self.metrics_path)
+
+    def save_config(self, cfg: dict) -> None:
+        write_json_atomic(self.run_dir / "config.json", cfg)
+
+    def save_status(self, state: str, step: int, **extra) -> None:
+        write_status(self.run_dir, state, step=int(step), **extra)
 
     def evaluation(self, record: dict) -> None:
         with open(self.metrics_path, "a") as f:
@@ -54,3 +66,4 @@ class RunLogger:
     def close(self) -> None:
         self.tb.flush()
         self.tb.close()
+

@@ -22,14 +22,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import aggregators
 import envs
 from agents import MultiTaskSAC
 from aggregators import diagnostics
 
 from .checkpoint import CheckpointError, load, save_atomic
+from .configuration import ConfigError, build_aggregator, resolve_device
 from .evaluation import evaluate, success_drops
 from .metrics_log import RunLogger
+from .run_files import read_status
 from .replay import ReplayBuffer
 
 CHECKPOINT_FORMAT = 1
@@ -38,35 +39,43 @@ COMPONENTS = ("critic", "actor", "alpha")
 LOG_LOSS_METHODS = ("famo", "si")
 
 
-class ConfigError(ValueError):
-    """A bad configuration: reported as one line, exit code 2, before any work starts."""
-
-
 class NonFiniteError(RuntimeError):
     """Too many consecutive updates with non-finite losses or gradients."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
-    return torch.device(name)
 
 
 def _episode_seed(seed: int, episode: int) -> int:
     return (seed * 1_000_003 + episode) % (2**31 - 1)
 
 
-def build_aggregator(cfg: dict, num_tasks: int, preset: str | None = None) -> aggregators.Aggregator:
-    """The configured aggregator; with ``preset`` (a benchmark name) the references' values
-    for that benchmark replace the config's."""
-    hp = {k: v for k, v in cfg.items() if k != "name"}
-    hp.update(aggregators.preset(cfg["name"], preset))
+def build_env(env_cfg: dict, seed: int, protocol: str | None = None):
+    """The env of an ``env`` config (``protocol`` replaces the config's when given)."""
     try:
-        return aggregators.make(cfg["name"], num_tasks, **hp)
+        return envs.make_env(env_cfg["name"], protocol=protocol or env_cfg["protocol"], seed=seed,
+                             reward_version=env_cfg.get("reward_version", "v2"), **env_cfg.get("kwargs", {}))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def build_agent(cfg: dict, env, device: torch.device) -> MultiTaskSAC:
+    """The run's agent for ``env``, with the configured aggregator on the components listed
+    in ``aggregate`` and LS on the others (also used to load a saved run for evaluation)."""
+    components = list(cfg.get("aggregate", COMPONENTS))
+    unknown = sorted(set(components) - set(COMPONENTS))
+    if unknown:
+        raise ConfigError(f"aggregate lists unknown component(s) {unknown}; valid: {', '.join(COMPONENTS)}")
+    name = cfg["aggregator"]["name"]
+    if name in LOG_LOSS_METHODS and "actor" in components:
+        raise ConfigError(f"{name} takes the log of the losses and the SAC actor loss is negative: "
+                          f"use aggregate=[critic] (FAMO's MT10 setting) or aggregate=[critic,alpha]")
+    k = env.num_tasks
+    aggs = {c: build_aggregator(cfg["aggregator"] if c in components else {"name": "ls"}, k,
+                                cfg.get("aggregator_preset")) for c in COMPONENTS}
+    a = dict(cfg["agent"])
+    kind = a.pop("kind")
+    try:
+        return MultiTaskSAC(env.obs_dim, env.act_dim, k, kind=kind, aggregators=aggs, device=device, **a)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"agent config: {str(exc).splitlines()[0]}") from None
 
 
 class Trainer:
@@ -82,19 +91,15 @@ class Trainer:
         self.eval_every = int(t["eval_every"])
         self.eval_episodes = int(t["eval_episodes"])
         self.checkpoint_every = int(t["checkpoint_every"])
+        self.checkpoint_seconds = 60.0 * float(t.get("checkpoint_minutes", 20))
         self.diagnostics_every = int(t["diagnostics_every"])
         self.log_every = int(t.get("log_every", 100))
         self.max_nonfinite = int(t.get("max_nonfinite", 100))
 
         self._seed_everything(self.seed)
         e = cfg["env"]
-        try:
-            self.env = envs.make_env(e["name"], protocol=e["protocol"], seed=self.seed,
-                                     reward_version=e.get("reward_version", "v2"), **e.get("kwargs", {}))
-            self.eval_env = envs.make_env(e["name"], protocol=e["protocol"], seed=self.seed,
-                                          reward_version=e.get("reward_version", "v2"), **e.get("kwargs", {}))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        self.env = build_env(e, self.seed)
+        self.eval_env = build_env(e, self.seed)
         k = self.env.num_tasks
         expected = e.get("num_tasks")
         if expected is not None and int(expected) != k:
@@ -116,23 +121,7 @@ class Trainer:
         self.train_success: list[list[float]] = []
         self.fed_success: list[float] | None = None
 
-        components = list(cfg.get("aggregate", COMPONENTS))
-        unknown = sorted(set(components) - set(COMPONENTS))
-        if unknown:
-            raise ConfigError(f"aggregate lists unknown component(s) {unknown}; valid: {', '.join(COMPONENTS)}")
-        name = cfg["aggregator"]["name"]
-        if name in LOG_LOSS_METHODS and "actor" in components:
-            raise ConfigError(f"{name} takes the log of the losses and the SAC actor loss is negative: "
-                              f"use aggregate=[critic] (FAMO's MT10 setting) or aggregate=[critic,alpha]")
-        aggs = {c: build_aggregator(cfg["aggregator"] if c in components else {"name": "ls"}, k,
-                                    cfg.get("aggregator_preset")) for c in COMPONENTS}
-        a = dict(cfg["agent"])
-        kind = a.pop("kind")
-        try:
-            self.agent = MultiTaskSAC(self.env.obs_dim, self.env.act_dim, k, kind=kind,
-                                      aggregators=aggs, device=self.device, **a)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise ConfigError(f"agent config: {str(exc).splitlines()[0]}") from None
+        self.agent = build_agent(cfg, self.env, self.device)
         self.buffer = ReplayBuffer(k, self.env.obs_dim, self.env.act_dim, int(t["buffer_size"]), self.device)
         self.sample_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         self.action_gen = torch.Generator().manual_seed(self.seed + 2)
@@ -149,6 +138,7 @@ class Trainer:
         if resumed:
             self._restore(load(self.ckpt_path))
         self.log = RunLogger(self.run_dir, resume_step=self.step if resumed else None)
+        self.log.save_config(self.cfg)
         self.resumed = resumed
 
     # -- reproducibility ----------------------------------------------------------------
@@ -321,7 +311,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    mininterval=1.0)
         next_eval = (self.step // self.eval_every + 1) * self.eval_every
-        last_ckpt = self.step
+        last_ckpt, last_ckpt_time = self.step, time.monotonic()
         try:
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
@@ -351,9 +341,11 @@ class Trainer:
                     rec = self._evaluate()
                     bar.set_postfix(success=f"{rec['mean_success']:.2f}", best=f"{self.best_mean_success:.2f}")
                     next_eval = (self.step // self.eval_every + 1) * self.eval_every
-                if self.step - last_ckpt >= self.checkpoint_every or self.step >= self.total_steps:
+                if (self.step - last_ckpt >= self.checkpoint_every or self.step >= self.total_steps
+                        or time.monotonic() - last_ckpt_time >= self.checkpoint_seconds):
                     self.save_checkpoint()
-                    last_ckpt = self.step
+                    last_ckpt, last_ckpt_time = self.step, time.monotonic()
+            self.log.save_status("finished", self.step)
         finally:
             bar.close()
             self.log.flush()
@@ -365,11 +357,19 @@ class Trainer:
         self.eval_env.close()
 
 
-def format_success_table(record: dict, best: float) -> str:
-    """The per-task success table printed at the end of a run."""
+def run_is_finished(run_dir: str | Path, steps: int) -> bool:
+    """True when ``run_dir`` holds a run that completed ``steps`` training steps (its
+    ``status.json``, written after the final checkpoint, says so): sweeps skip such runs."""
+    status = read_status(run_dir)
+    return status is not None and status.get("state") == "finished" and int(status.get("step", -1)) >= int(steps)
+
+
+def format_success_table(record: dict, best: float | None = None) -> str:
+    """The per-task success table printed at the end of a run (and by the evaluator)."""
     width = max(len(t) for t in record["tasks"])
     lines = [f"{'task':<{width}}  success", "-" * (width + 9)]
     lines += [f"{t:<{width}}  {s:7.2f}" for t, s in zip(record["tasks"], record["success"])]
     lines.append("-" * (width + 9))
-    lines.append(f"{'mean':<{width}}  {record['mean_success']:7.2f}   (best over training: {best:.2f}, step {record['step']})")
+    note = f"   (best over training: {best:.2f}, step {record['step']})" if best is not None else ""
+    lines.append(f"{'mean':<{width}}  {record['mean_success']:7.2f}{note}")
     return "\n".join(lines)

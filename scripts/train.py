@@ -5,9 +5,17 @@
     python scripts/train.py experiment=mt10_quick             # the README's main job
     python scripts/train.py experiment=mt10_paper aggregator=nash_mtl seed=3
 
+Sweeps (Hydra multirun; see the README's "Sweeps" section):
+
+    python scripts/train.py -m sweep=point_mass_smoke hydra/launcher=local
+    python scripts/train.py -m sweep=mt10_table hydra/launcher=slurm hydra.launcher.partition=gpu
+    python scripts/train.py -m experiment=mt10_quick aggregator=ls,pivrg seed=0,1,2 hydra/launcher=local
+
 Re-running the same command continues the run from its last checkpoint (the run
-directory is ``runs/<env>/<protocol>/<agent>/<aggregator>/seed<seed>`` unless
-``hydra.run.dir=...`` says otherwise).  Bad configuration: one line on stderr, exit 2.
+directory is ``runs/<env>/<protocol>/<agent>/<aggregator>/seed<seed>``, in a sweep
+``runs/sweeps/<same>``, unless ``hydra.run.dir=...`` says otherwise); a run that already
+finished is skipped.  Bad configuration: one line on stderr, exit 2.  In a sweep, a run
+that fails records the error in its ``status.json`` and the other runs go on.
 """
 
 from __future__ import annotations
@@ -20,21 +28,33 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 CONFIGS = ROOT / "configs"
-GROUPS = ("env", "agent", "aggregator", "experiment")
+GROUPS = ("env", "agent", "aggregator", "experiment", "sweep")
 
 
-def check_group_choices(argv: list[str]) -> None:
-    """Unknown env/agent/aggregator/experiment: one clear line and exit code 2 (Hydra's own
-    message for this is a multi-line traceback-like report)."""
+def check_group_choices(argv: list[str], groups: tuple[str, ...] = GROUPS) -> None:
+    """Unknown config-group choices (env, agent, aggregator, ...): one clear line and exit
+    code 2 (Hydra's own message for this is a multi-line traceback-like report)."""
     for arg in argv:
         key, sep, value = arg.lstrip("+~").partition("=")
-        if not sep or key not in GROUPS or value in ("null", ""):
+        if not sep or key not in groups or value in ("null", ""):
             continue
         valid = sorted(p.stem for p in (CONFIGS / key).glob("*.yaml"))
         for choice in value.split(","):  # multirun sweeps: a,b,c
             if choice not in valid:
                 print(f"error: unknown {key} {choice!r}; valid: {', '.join(valid)}", file=sys.stderr)
                 raise SystemExit(2)
+
+
+def share_cpus(launcher) -> None:
+    """Under the local (joblib) launcher, give each of the n_jobs parallel runs its share of
+    the cores instead of letting every run's torch use all of them."""
+    import torch
+
+    n_jobs = int(launcher.get("n_jobs", 1) or 1) if "n_jobs" in launcher else 1
+    cpus = os.cpu_count() or 1
+    if n_jobs < 0:
+        n_jobs = cpus
+    torch.set_num_threads(max(1, cpus // max(n_jobs, 1)))
 
 
 def main() -> None:
@@ -44,26 +64,42 @@ def main() -> None:
 
     @hydra.main(config_path=str(CONFIGS), config_name="train", version_base="1.3")
     def run(cfg) -> None:
-        from mtrl.checkpoint import CheckpointError
-        from mtrl.trainer import ConfigError, NonFiniteError, Trainer, format_success_table
+        from hydra.types import RunMode
 
-        run_dir = HydraConfig.get().runtime.output_dir
+        from mtrl.checkpoint import CheckpointError
+        from mtrl.run_files import write_status
+        from mtrl.trainer import ConfigError, NonFiniteError, Trainer, format_success_table, run_is_finished
+
+        hc = HydraConfig.get()
+        run_dir = hc.runtime.output_dir
+        sweep = hc.mode == RunMode.MULTIRUN
+        if sweep:
+            share_cpus(hc.launcher)
+        if run_is_finished(run_dir, cfg.train.steps):
+            print(f"run directory: {run_dir} (finished: {cfg.train.steps} steps; skipped)")
+            return
         config = OmegaConf.to_container(cfg, resolve=True)
+
+        def fail(exc: Exception, code: int) -> None:
+            print(f"error: {exc}", file=sys.stderr)
+            if not sweep:
+                raise SystemExit(code)
+            # a sweep goes on with its other runs; the summaries report this one
+            os.makedirs(run_dir, exist_ok=True)
+            write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}")
+
         try:
             trainer = Trainer(config, run_dir)
         except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2)
+            return fail(exc, 2)
         except CheckpointError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(1)
+            return fail(exc, 1)
         print(f"run directory: {run_dir}" + (" (resuming from step %d)" % trainer.step if trainer.resumed else ""))
         print(f"protocol: {trainer.env.protocol}")
         try:
             record = trainer.train()
         except NonFiniteError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(1)
+            return fail(exc, 1)
         finally:
             trainer.close()
         if record is not None:

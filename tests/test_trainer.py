@@ -139,7 +139,19 @@ def test_mt10_smoke_run_writes_all_outputs(tmp_path):
     assert (tmp_path / "checkpoints" / "latest.pt").exists()
     assert any((tmp_path / "tb").iterdir())
     assert (tmp_path / ".hydra" / "config.yaml").exists()
+    assert json.loads((tmp_path / "config.json").read_text())["aggregator"]["name"] == "pivrg"
+    assert json.loads((tmp_path / "status.json").read_text()) == {"state": "finished", "step": 300}
     assert "mean" in res.stdout and "reach" in res.stdout  # the per-task success table
+
+    # the saved agent under the MetaWorld package's own evaluation (metaworld.evaluation)
+    ev = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(tmp_path), "--episodes", "1"],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    saved = json.loads((tmp_path / "evaluations" / "metaworld3-1ep-seed0.json").read_text())
+    assert saved["checkpoint_step"] == 300 and saved["evaluation_protocol"] == "metaworld3"
+    assert saved["tasks"] == r["tasks"] and len(saved["success"]) == 10
+    assert saved["env_protocol"]["goal_policy"].startswith("random") and saved["env_protocol"]["episode_length"] == 500
+    assert "reach-v3" in ev.stdout and "mean" in ev.stdout
 
 
 def test_sigkilled_run_resumes_from_its_last_checkpoint(tmp_path):

@@ -1,0 +1,549 @@
+"""Summaries of training runs over seeds: tables, learning curves and run-health problems.
+
+Reads only each run directory's saved config (``config.json``, or Hydra's
+``.hydra/config.yaml``) and ``metrics.jsonl`` (one JSON object per evaluation, see
+``mtrl.metrics_log``), so it works on runs copied from other machines.
+
+* ``load_runs(paths)`` finds run directories (directories, parents searched recursively,
+  glob patterns) and loads them; every run that cannot be used, or is unfinished or
+  truncated, is reported in the returned problem list, never dropped silently.
+* ``summarize(runs)`` pools runs over seeds: runs whose configs are equal apart from the
+  seed, the device and bookkeeping intervals form one group.  Per group: mean ± s.e.m.
+  of each run's best evaluation mean success over training (the metric of the published
+  MT10 tables) and of its final evaluation, and the interquartile mean (IQM) of the
+  (runs x tasks) final per-task success with a 95% stratified bootstrap interval over
+  runs (Agarwal et al. 2021, "Deep RL at the edge of the statistical precipice").
+* ``write_outputs(groups, problems, out_dir)`` writes ``summary.md``, ``summary.csv``,
+  ``per_task.csv`` and ``learning_curves.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from .run_files import read_config, read_status
+
+RUN_MARKERS = ("config.json", os.path.join(".hydra", "config.yaml"), "metrics.jsonl")
+# Config keys that do not change what a run computes: runs differing only here are seeds
+# of the same experiment.
+IGNORED_KEYS = frozenset({"seed", "device", "train.checkpoint_every", "train.log_every",
+                          "train.diagnostics_every", "train.max_nonfinite"})
+LABEL_KEYS = ("env.name", "env.protocol", "agent.kind", "aggregator.name", "train.steps")
+RECORD_KEYS = {"step": int, "tasks": list, "success": list, "mean_success": (int, float)}
+SUMMARY_COLUMNS = ("env", "protocol", "agent", "aggregator", "steps", "variant", "seeds", "best_mean", "best_sem",
+                   "final_mean", "final_sem", "iqm", "iqm_low", "iqm_high", "unfinished_included", "flag")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with one path: a run that is excluded, truncated or unfinished."""
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass
+class Run:
+    """One run directory: its resolved config and its evaluations in order."""
+    path: Path
+    config: dict
+    evaluations: list[dict]
+    truncated: bool = False
+
+    @property
+    def steps(self) -> int:
+        return int(self.config["train"]["steps"])
+
+    @property
+    def last_step(self) -> int:
+        return int(self.evaluations[-1]["step"])
+
+    @property
+    def finished(self) -> bool:
+        """The trainer always evaluates at the end, so a run is done when an intact
+        metrics file reaches ``train.steps``."""
+        return not self.truncated and self.last_step >= self.steps
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(self.evaluations[0]["tasks"])
+
+
+@dataclass
+class GroupSummary:
+    """Statistics of one group of runs (same config apart from the seed).
+
+    ``best``/``final``: per run, the highest and the last evaluation mean success;
+    ``task_scores``: (runs x tasks) final per-task success; ``curve_*``: mean success over
+    the evaluation steps all runs share, with the 95% t-interval half-width over seeds.
+    """
+    env: str
+    protocol: str
+    agent: str
+    aggregator: str
+    steps: int
+    variant: str
+    runs: list[Run]
+    seeds: list
+    tasks: tuple[str, ...]
+    best: np.ndarray
+    final: np.ndarray
+    task_scores: np.ndarray
+    iqm: float
+    iqm_low: float
+    iqm_high: float
+    curve_steps: np.ndarray
+    curve_mean: np.ndarray
+    curve_halfwidth: np.ndarray
+    unfinished: int
+    flag: str = ""
+
+    @property
+    def label_fields(self) -> tuple:
+        return (self.env, self.protocol, self.agent, self.aggregator, self.steps)
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def best_mean(self) -> float:
+        return float(np.mean(self.best))
+
+    @property
+    def best_sem(self) -> float:
+        return sem(self.best)
+
+    @property
+    def final_mean(self) -> float:
+        return float(np.mean(self.final))
+
+    @property
+    def final_sem(self) -> float:
+        return sem(self.final)
+
+    @property
+    def task_mean(self) -> np.ndarray:
+        return self.task_scores.mean(axis=0)
+
+    @property
+    def task_sem(self) -> np.ndarray:
+        return np.array([sem(col) for col in self.task_scores.T])
+
+    @property
+    def name(self) -> str:
+        base = f"{self.env}/{self.protocol}/{self.agent}/{self.aggregator}/{self.steps}"
+        return f"{base} [{self.variant}]" if self.variant else base
+
+
+# ---------------------------------------------------------------------------- statistics
+
+def sem(x) -> float:
+    """Standard error of the mean: sample standard deviation (ddof = 1) / sqrt(n); NaN
+    for fewer than two values."""
+    x = np.asarray(x, dtype=float)
+    return float(np.std(x, ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
+
+
+def iqm(x, axis=None):
+    """Interquartile mean: the mean of the middle 50% of the values (25% trimmed from
+    each end), ``scipy.stats.trim_mean(x, 0.25)``."""
+    return stats.trim_mean(np.asarray(x, dtype=float), 0.25, axis=axis)
+
+
+def _pooled_iqm(*columns, axis=-1):
+    return iqm(np.concatenate(columns, axis=axis), axis=axis)
+
+
+def stratified_bootstrap_iqm(scores, confidence: float = 0.95, n_resamples: int = 2000,
+                             seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the IQM of a (runs x tasks) score matrix,
+    stratified by task: each task's column of run scores is resampled (with replacement,
+    over runs) independently, and the IQM is taken over the pooled resampled matrix.
+    Runs (seeds) are the resampled unit, never episodes or evaluation steps.  With one run
+    the interval collapses to the point estimate."""
+    scores = np.asarray(scores, dtype=float)
+    if scores.ndim != 2 or scores.size == 0:
+        raise ValueError(f"scores must be a non-empty (runs x tasks) matrix, got shape {scores.shape}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if scores.shape[0] == 1:
+        point = float(iqm(scores))
+        return point, point
+    res = stats.bootstrap(tuple(scores.T), _pooled_iqm, n_resamples=n_resamples, vectorized=True, paired=False,
+                          axis=-1, confidence_level=confidence, method="percentile",
+                          random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def t_halfwidth(values, confidence: float = 0.95, axis: int = 0) -> np.ndarray:
+    """Half-width of the Student-t interval of the mean over ``axis``:
+    t_{(1+c)/2, n-1} * s.e.m.; NaN with one value."""
+    values = np.asarray(values, dtype=float)
+    n = values.shape[axis]
+    if n < 2:
+        return np.full(np.delete(values.shape, axis), math.nan)
+    return stats.t.ppf((1 + confidence) / 2, n - 1) * np.std(values, axis=axis, ddof=1) / math.sqrt(n)
+
+
+# ----------------------------------------------------------------------------- discovery
+
+def _is_run_dir(path: Path) -> bool:
+    return any((path / m).is_file() for m in RUN_MARKERS)
+
+
+def find_run_dirs(paths) -> tuple[list[Path], list[Problem]]:
+    """Run directories named by ``paths``: run directories themselves, parents (searched
+    recursively; the search does not descend into a run directory) or glob patterns
+    (expanded here too, in case quoting kept the shell from doing it)."""
+    found: dict[Path, Path] = {}  # resolved -> as given, so one run named twice is loaded once
+    problems = []
+    for arg in map(str, paths):
+        matches = sorted(glob.glob(arg, recursive=True)) if glob.has_magic(arg) else [arg]
+        if not matches:
+            problems.append(Problem(arg, "pattern matched nothing"))
+        for m in map(Path, matches):
+            if m.is_file() and m.name in ("config.json", "metrics.jsonl"):
+                m = m.parent
+            if not m.exists():
+                problems.append(Problem(str(m), "no such directory"))
+            elif not m.is_dir():
+                problems.append(Problem(str(m), "not a directory"))
+            elif _is_run_dir(m):
+                found.setdefault(m.resolve(), m)
+            else:
+                below = []
+                for root, dirs, _ in os.walk(m):
+                    dirs.sort()
+                    if _is_run_dir(Path(root)):
+                        below.append(Path(root))
+                        dirs.clear()
+                if not below:
+                    problems.append(Problem(str(m), "no run directories (config.json, .hydra/config.yaml or "
+                                                    "metrics.jsonl) found below"))
+                for b in below:
+                    found.setdefault(b.resolve(), b)
+    return list(found.values()), problems
+
+
+# ------------------------------------------------------------------------------- loading
+
+def _check_record(rec, tasks) -> str | None:
+    """Why an evaluation record is unusable, or None."""
+    if not isinstance(rec, dict):
+        return f"expected a JSON object, got {type(rec).__name__}"
+    for key, typ in RECORD_KEYS.items():
+        if key not in rec:
+            return f"missing key {key!r}"
+        if not isinstance(rec[key], typ) or isinstance(rec[key], bool):
+            return f"{key!r} has type {type(rec[key]).__name__}"
+    if len(rec["success"]) != len(rec["tasks"]):
+        return f"{len(rec['success'])} success values for {len(rec['tasks'])} tasks"
+    if tasks is not None and tuple(rec["tasks"]) != tasks:
+        return "task list differs from the first evaluation's"
+    return None
+
+
+def _load_metrics(path: Path) -> tuple[list[dict], bool]:
+    """Evaluations in ``metrics.jsonl`` and whether its last line was torn (a partial
+    line without a trailing newline, left by a killed run).  A bad line anywhere else
+    raises ValueError naming ``path:line``."""
+    text = path.read_text()
+    lines = text.split("\n")
+    torn_candidate = not text.endswith("\n")
+    if not torn_candidate:
+        lines.pop()  # the empty string after the final newline
+    records, tasks = [], None
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        last = torn_candidate and lineno == len(lines)
+        try:
+            rec = json.loads(line)
+            error = _check_record(rec, tasks)
+        except json.JSONDecodeError as exc:
+            error = f"invalid JSON ({exc.msg} at column {exc.colno})"
+        if error is not None:
+            if last:
+                return records, True
+            raise ValueError(f"{path}:{lineno}: {error}")
+        tasks = tuple(rec["tasks"])
+        records.append(rec)
+    return records, False
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dict -> {"a.b.c": value}; lists become tuples (hashable)."""
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def load_run(run_dir) -> tuple[Run | None, list[Problem]]:
+    """One run directory -> (Run or None when unusable, problems)."""
+    run_dir = Path(run_dir)
+    where = str(run_dir)
+    try:
+        config = read_config(run_dir)
+    except ValueError as exc:
+        return None, [Problem(where, str(exc))]
+    status = read_status(run_dir) or {}
+    failed = [Problem(where, f"failed: {status.get('error', 'no reason recorded')}")] if status.get("state") == "failed" else []
+    flat = _flatten(config)
+    missing = [k for k in LABEL_KEYS if k not in flat]
+    if missing:
+        return None, [Problem(where, f"config lacks {', '.join(missing)}")]
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return None, failed + [Problem(where, "no evaluation yet (no metrics.jsonl)")]
+    try:
+        evaluations, truncated = _load_metrics(metrics)
+    except ValueError as exc:
+        return None, [Problem(where, f"excluded: {exc}")]
+    if not evaluations:
+        reason = "only a truncated line" if truncated else "empty"
+        return None, failed + [Problem(where, f"no evaluation yet (metrics.jsonl {reason})")]
+    run = Run(run_dir, config, evaluations, truncated)
+    problems = failed
+    if truncated:
+        problems.append(Problem(where, f"truncated: torn last line of metrics.jsonl ignored, {len(evaluations)} "
+                                       f"evaluations kept; counted as unfinished"))
+    if run.last_step < run.steps:
+        problems.append(Problem(where, f"unfinished (step {run.last_step} of {run.steps})"))
+    return run, problems
+
+
+def load_runs(paths) -> tuple[list[Run], list[Problem]]:
+    """Find and load every run named by ``paths`` (see ``find_run_dirs``).  Returns the
+    usable runs (finished or not) and the problems: unusable runs (no config, no
+    evaluation yet, a malformed ``metrics.jsonl`` line), truncated and unfinished runs."""
+    dirs, problems = find_run_dirs(paths)
+    runs = []
+    for d in dirs:
+        run, probs = load_run(d)
+        problems += probs
+        if run is not None:
+            runs.append(run)
+    return runs, problems
+
+
+# ------------------------------------------------------------------------------ grouping
+
+def _group_key(run: Run) -> tuple:
+    flat = {k: v for k, v in _flatten(run.config).items() if k not in IGNORED_KEYS}
+    flat["tasks"] = run.tasks
+    return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in flat.items()))
+
+
+def _variants(keys: list[tuple]) -> list[str]:
+    """For groups that share a label: 'key=value, ...' of the config values that differ."""
+    dicts = [dict(k) for k in keys]
+    all_keys = sorted(set().union(*dicts))
+    differing = [k for k in all_keys if len({d.get(k) for d in dicts}) > 1]
+
+    def show(d, k):
+        if k not in d:
+            return "<unset>"
+        value = json.loads(d[k])
+        return value if isinstance(value, str) else d[k]
+
+    return [", ".join(f"{k}={show(d, k)}" for k in differing) for d in dicts]
+
+
+def _flag(best: np.ndarray, seeds: list, unfinished: int) -> str:
+    notes = []
+    zero = int(np.sum(best == 0))
+    if 0 < zero < best.size:
+        notes.append(f"{zero}/{best.size} seeds never succeeded")
+    if best.size > 1 and best.max() - best.min() > 0.5:
+        notes.append(f"best mean success ranges {best.min():.2f}-{best.max():.2f} over seeds")
+    dupes = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
+    if dupes:
+        notes.append(f"seed(s) {', '.join(map(str, dupes))} appear in more than one run")
+    if unfinished:
+        notes.append(f"includes {unfinished} unfinished run(s)")
+    return "; ".join(notes)
+
+
+def _seed_order(seed) -> tuple:
+    return (0, seed, "") if isinstance(seed, int) else (1, 0, str(seed))
+
+
+def _summarize_group(runs: list[Run], variant: str, n_resamples: int, seed: int) -> GroupSummary:
+    runs = sorted(runs, key=lambda r: (_seed_order(r.config.get("seed")), str(r.path)))
+    best = np.array([max(e["mean_success"] for e in r.evaluations) for r in runs], dtype=float)
+    final = np.array([r.evaluations[-1]["mean_success"] for r in runs], dtype=float)
+    scores = np.array([r.evaluations[-1]["success"] for r in runs], dtype=float)
+    low, high = stratified_bootstrap_iqm(scores, n_resamples=n_resamples, seed=seed)
+    shared = sorted(set.intersection(*({e["step"] for e in r.evaluations} for r in runs)))
+    by_step = [{e["step"]: e["mean_success"] for e in r.evaluations} for r in runs]
+    curves = np.array([[d[s] for s in shared] for d in by_step], dtype=float).reshape(len(runs), len(shared))
+    flat = _flatten(runs[0].config)
+    seeds = [r.config.get("seed") for r in runs]
+    unfinished = sum(not r.finished for r in runs)
+    return GroupSummary(
+        env=str(flat["env.name"]), protocol=str(flat["env.protocol"]), agent=str(flat["agent.kind"]),
+        aggregator=str(flat["aggregator.name"]), steps=int(flat["train.steps"]), variant=variant, runs=runs,
+        seeds=seeds, tasks=runs[0].tasks, best=best, final=final, task_scores=scores, iqm=float(iqm(scores)),
+        iqm_low=low, iqm_high=high, curve_steps=np.array(shared), curve_mean=curves.mean(axis=0),
+        curve_halfwidth=t_halfwidth(curves), unfinished=unfinished, flag=_flag(best, seeds, unfinished))
+
+
+def summarize(runs: list[Run], include_unfinished: bool = False, n_resamples: int = 2000,
+              seed: int = 0) -> list[GroupSummary]:
+    """Pool runs over seeds and summarise each group (see the module docstring).
+
+    Runs are grouped by their config with ``IGNORED_KEYS`` removed (and their task list),
+    so different protocols, step budgets or hyper-parameters are never pooled; groups that
+    share (env, protocol, agent, aggregator, steps) get a ``variant`` naming the config
+    values that tell them apart.  Unfinished runs are left out unless
+    ``include_unfinished``.  Groups are returned sorted by label."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        if run.finished or include_unfinished:
+            groups.setdefault(_group_key(run), []).append(run)
+    by_label: dict[tuple, list[tuple]] = {}
+    for key in groups:
+        d = dict(key)
+        by_label.setdefault(tuple(d[k] for k in LABEL_KEYS), []).append(key)
+    variant = {}
+    for keys in by_label.values():
+        names = _variants(keys) if len(keys) > 1 else [""]
+        variant.update(zip(keys, names))
+    out = [_summarize_group(groups[k], variant[k], n_resamples, seed) for k in groups]
+    return sorted(out, key=lambda g: (g.label_fields, g.variant))
+
+
+# ------------------------------------------------------------------------------- outputs
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _pm(mean: float, err: float) -> str:
+    return f"{_fmt(mean)} ± {_fmt(err)}"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def group_table_markdown(groups: list[GroupSummary]) -> str:
+    """The main table: one row per group, with its protocol, seeds and statistics."""
+    with_variant = any(g.variant for g in groups)
+    header = ["env", "protocol", "agent", "aggregator", "steps"] + (["variant"] if with_variant else []) + [
+        "seeds", "best success (mean ± s.e.m.)", "final success (mean ± s.e.m.)", "IQM [95% CI]", "flag"]
+    rows = []
+    for g in groups:
+        rows.append([g.env, g.protocol, g.agent, g.aggregator, str(g.steps)] + ([g.variant] if with_variant else []) + [
+            str(g.n), _pm(g.best_mean, g.best_sem), _pm(g.final_mean, g.final_sem),
+            f"{_fmt(g.iqm)} [{_fmt(g.iqm_low)}, {_fmt(g.iqm_high)}]", g.flag])
+    return _md_table(header, rows)
+
+
+def per_task_markdown(groups: list[GroupSummary]) -> str:
+    """Final per-task success (mean ± s.e.m. over seeds): one table per task set, one row
+    per group."""
+    by_tasks: dict[tuple, list[GroupSummary]] = {}
+    for g in groups:
+        by_tasks.setdefault(g.tasks, []).append(g)
+    parts = []
+    for tasks, gs in by_tasks.items():
+        rows = [[g.name, str(g.n)] + [_pm(m, s) for m, s in zip(g.task_mean, g.task_sem)] for g in gs]
+        parts.append(_md_table(["group", "seeds"] + list(tasks), rows))
+    return "\n\n".join(parts)
+
+
+def problems_markdown(problems: list[Problem]) -> str:
+    return "\n".join(f"- {p}" for p in problems) if problems else "none"
+
+
+def summary_markdown(groups: list[GroupSummary], problems: list[Problem]) -> str:
+    """The whole ``summary.md``."""
+    flagged = [g for g in groups if g.flag]
+    return "\n\n".join([
+        "# Summary over seeds",
+        "Best: each run's highest evaluation mean success over training; final: its last "
+        "evaluation. Mean ± s.e.m. over seeds (s.e.m. n/a with one seed). IQM: interquartile "
+        "mean of the (runs x tasks) final per-task success, 95% stratified bootstrap "
+        "interval over runs.",
+        group_table_markdown(groups),
+        "## Final success per task",
+        per_task_markdown(groups),
+        "## Flags",
+        "\n".join(f"- {g.name}: {g.flag}" for g in flagged) if flagged else "none",
+        "## Problems",
+        "Unfinished runs are left out of the statistics unless `--include-unfinished` is given.\n\n"
+        + problems_markdown(problems),
+    ]) + "\n"
+
+
+def _csv_value(x):
+    return repr(float(x)) if isinstance(x, (float, np.floating)) else x
+
+
+def _write_csv(path: Path, header, rows) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows([[_csv_value(v) for v in row] for row in rows])
+
+
+def plot_learning_curves(groups: list[GroupSummary], path) -> None:
+    """Mean success vs steps, one line per group (labelled with its protocol), shaded with
+    the 95% t-interval over seeds at the evaluation steps all its runs share."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for g in groups:
+        (line,) = ax.plot(g.curve_steps, g.curve_mean, label=f"{g.name} (n={g.n})")
+        if g.n > 1:
+            ax.fill_between(g.curve_steps, g.curve_mean - g.curve_halfwidth, g.curve_mean + g.curve_halfwidth,
+                            color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("mean success")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Evaluation mean success (mean over seeds, 95% t-interval)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(groups: list[GroupSummary], problems: list[Problem], out_dir) -> dict[str, Path]:
+    """Write summary.md, summary.csv, per_task.csv and learning_curves.png to ``out_dir``
+    (created if needed); returns their paths by name."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in ("summary.md", "summary.csv", "per_task.csv", "learning_curves.png")}
+    paths["summary.md"].write_text(summary_markdown(groups, problems))
+    _write_csv(paths["summary.csv"], SUMMARY_COLUMNS, [
+        [g.env, g.protocol, g.agent, g.aggregator, g.steps, g.variant, g.n, g.best_mean, g.best_sem, g.final_mean,
+         g.final_sem, g.iqm, g.iqm_low, g.iqm_high, g.unfinished, g.flag] for g in groups])
+    _write_csv(paths["per_task.csv"],
+               ("env", "protocol", "agent", "aggregator", "steps", "variant", "task", "seeds", "mean", "sem"),
+               [[*g.label_fields, g.variant, t, g.n, m, s]
+                for g in groups for t, m, s in zip(g.tasks, g.task_mean, g.task_sem)])
+    plot_learning_curves(groups, paths["learning_curves.png"])
+    return paths
