@@ -16,23 +16,26 @@ import importlib
 import pkgutil
 
 from . import diagnostics
+from .autograd_backward import BackwardResult, backward
 from .base import Aggregator, GramWeighting, LossWeighting, gram_matrix
 from .performance import PerformanceInformed, performance_weights
 from .registry import available, hyperparameters, make, register
 from .presets import preset
 
 # Import every method module so that its @register calls run.
-_INFRASTRUCTURE = {"base", "registry", "solvers", "diagnostics", "performance", "presets"}
+_INFRASTRUCTURE = {"base", "registry", "solvers", "diagnostics", "performance", "presets", "autograd_backward"}
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name not in _INFRASTRUCTURE and not _mod.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 __all__ = [
     "Aggregator",
+    "BackwardResult",
     "GramWeighting",
     "LossWeighting",
     "PerformanceInformed",
     "available",
+    "backward",
     "diagnostics",
     "gram_matrix",
     "hyperparameters",

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .base import gram_matrix
+from .common import safe_divide
 
 __all__ = [
     "task_norms",
@@ -16,6 +17,8 @@ __all__ = [
     "gds",
     "gms",
     "cosine_matrix",
+    "direction_cosines",
+    "direction_cosines_from_gram",
     "feature_entropy",
     "summary",
 ]
@@ -46,6 +49,27 @@ def cosine_matrix(x: Tensor, is_gram: bool = False) -> Tensor:
     n = torch.diagonal(m).clamp_min(0).sqrt()
     denom = n[:, None] * n[None, :]
     return torch.where(denom > 0, m / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(m))
+
+
+def direction_cosines(grads: Tensor, direction: Tensor) -> Tensor:
+    """``cos(g_i, d) = (G d)_i / (||g_i|| ||d||)`` per task (float64, (k,)): how far the
+    applied direction ``d`` (n,) serves each task (paper 004, figs. 7-9 track it against
+    task imbalance); 0 where ``g_i`` or ``d`` is zero."""
+    g = grads.detach()
+    gd = (g @ direction.detach().to(g.dtype)).to(torch.float64)
+    norms = torch.linalg.vector_norm(g, dim=1).to(torch.float64)
+    dn = torch.linalg.vector_norm(direction.detach()).to(torch.float64)
+    return safe_divide(gd, norms * dn)
+
+
+def direction_cosines_from_gram(gram: Tensor, weights: Tensor) -> Tensor:
+    """The same cosines for ``d = sum_j w_j g_j`` from ``M`` and ``w`` alone:
+    ``G d = M w`` and ``||d||^2 = w^T M w`` (clamped to [-1, 1] against rounding)."""
+    m = gram.detach().to(torch.float64)
+    gd = m @ weights.detach().to(m)
+    dn = (weights.detach().to(m) @ gd).clamp_min(0).sqrt()
+    norms = torch.diagonal(m).clamp_min(0).sqrt()
+    return safe_divide(gd, norms * dn).clamp(-1.0, 1.0)
 
 
 def _off_diagonal_mean(a: Tensor) -> Tensor:

@@ -1,0 +1,236 @@
+"""QM9: 11 molecular property regressions with an MPNN (Gilmer et al. 2017), in the protocol
+of the Nash-MTL / FAMO / PIVRG / ConsMTL experiments.
+
+Data are read by ``torch_geometric.datasets.QM9(root)`` from PyG's own on-disk layout
+(``root/raw/qm9_v3.pt`` when rdkit is absent; PyG writes ``root/processed/data_v3.pt`` on
+the first load). Each molecule becomes a complete directed graph whose 5-dim edge attributes
+are the bond-type one-hot (zero for non-bonded pairs) and the interatomic distance. After a
+seeded shuffle the first ``split_sizes[0]`` molecules are the test split, the next
+``split_sizes[1]`` the validation split and the rest the training split. Targets are z-scored
+with training statistics; the losses are per-target MSEs on the scaled targets; the metrics
+are per-target MAEs in the original units, energies in meV.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+import torch_geometric.transforms as T
+from torch import Tensor, nn
+from torch_geometric.data import Batch, Data
+from torch_geometric.datasets import QM9
+from torch_geometric.loader import DataLoader
+from torch_geometric.nn import NNConv, Set2Set
+
+from mtrl.supervised.benchmark import Benchmark, DatasetNotFound, Metric, MultiTaskModel
+
+#: names of PyG's 19 QM9 targets, by column of ``data.y``
+TARGET_NAMES = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "u0", "u", "h", "g", "cv",
+                "u0_atom", "u_atom", "h_atom", "g_atom", "a", "b", "c")
+#: the 11 targets of the MTL papers (DimeNet's atomization energies for U0, U, H and G)
+DEFAULT_TARGETS = (0, 1, 2, 3, 5, 6, 12, 13, 14, 15, 11)
+#: PyG columns stored in eV; their MAEs are reported in meV (positions 2, 3, 5, 6, 7, 8, 9 of
+#: DEFAULT_TARGETS)
+EV_TARGETS = frozenset({2, 3, 4, 6, 7, 8, 9, 10, 12, 13, 14, 15})
+#: single-task-learning MAEs (reported units) of the Nash-MTL paper, by PyG column
+STL_MAE = {0: 0.0671, 1: 0.1814, 2: 60.576, 3: 53.915, 5: 0.5027, 6: 4.539, 12: 58.838,
+           13: 64.244, 14: 63.852, 15: 66.223, 11: 0.07212}
+
+
+def metric_list(targets: Sequence[int] = DEFAULT_TARGETS) -> list[Metric]:
+    """The metrics ``QM9Benchmark(targets=targets)`` reports (per-target test MAE in the
+    reported units, lower is better, against :data:`STL_MAE`), without reading any data."""
+    targets = [int(t) for t in targets]
+    unknown = [t for t in targets if t not in STL_MAE]
+    if not targets or unknown:
+        raise ValueError(f"targets {targets} must be PyG QM9 columns with an STL baseline, "
+                         f"chosen from {sorted(STL_MAE)}")
+    return [Metric(f"{TARGET_NAMES[t]}_mae", TARGET_NAMES[t], False, STL_MAE[t]) for t in targets]
+
+
+NODE_FEATURES = 11     # atom-type one-hot (5), atomic number, aromatic, sp, sp2, sp3, #H
+EDGE_FEATURES = 5      # bond-type one-hot (4), distance
+
+
+class CompleteGraph(T.BaseTransform):
+    """Replaces the bond graph by the complete directed graph without self-loops (pairs in
+    row-major order); a pair's edge attribute is its bond one-hot, zero where unbonded."""
+
+    def forward(self, data: Data) -> Data:
+        n, device = data.num_nodes, data.edge_index.device
+        row, col = torch.meshgrid(torch.arange(n, device=device), torch.arange(n, device=device),
+                                  indexing="ij")
+        off_diagonal = row != col
+        row, col = row[off_diagonal], col[off_diagonal]
+        dense = data.edge_attr.new_zeros(n, n, data.edge_attr.size(-1))
+        dense[data.edge_index[0], data.edge_index[1]] = data.edge_attr
+        data.edge_index = torch.stack([row, col])
+        data.edge_attr = dense[row, col]
+        return data
+
+
+class ScaledTargets(T.BaseTransform):
+    """Keeps the chosen target columns of ``data.y`` and z-scores them: (y - mean) / std."""
+
+    def __init__(self, targets: Sequence[int], mean: Tensor, std: Tensor):
+        self.targets = torch.as_tensor(targets, dtype=torch.long)
+        self.mean, self.std = mean, std
+
+    def forward(self, data: Data) -> Data:
+        data.y = (data.y[:, self.targets] - self.mean) / self.std
+        return data
+
+
+class MPNN(MultiTaskModel):
+    """Gilmer et al.'s MPNN as used on QM9 by Nash-MTL: z = ReLU(W1 Set2Set(h_T)), with
+    h_0 = ReLU(W0 x) and T rounds of h_{t+1} = GRU(ReLU(NNConv(h_t)), h_t) whose NNConv
+    (edge network 5 -> 128 -> hidden^2, mean aggregation) and GRU weights are shared across
+    rounds; one Linear(hidden, 1) head per task."""
+
+    def __init__(self, num_tasks: int, hidden: int = 64, rounds: int = 3):
+        super().__init__()
+        edge_net = nn.Sequential(nn.Linear(EDGE_FEATURES, 128), nn.ReLU(),
+                                 nn.Linear(128, hidden * hidden))
+        self.rounds = rounds
+        self.encoder = nn.ModuleDict({
+            "embed": nn.Linear(NODE_FEATURES, hidden),
+            "conv": NNConv(hidden, hidden, edge_net, aggr="mean"),
+            "gru": nn.GRU(hidden, hidden),
+            "readout": Set2Set(hidden, processing_steps=3),
+            "project": nn.Linear(2 * hidden, hidden),
+        })
+        self.heads = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(num_tasks))
+
+    def encode(self, inputs: Batch) -> Tensor:
+        """The (num_graphs, hidden) graph representation z."""
+        enc = self.encoder
+        out = F.relu(enc["embed"](inputs.x))
+        h = out.unsqueeze(0)
+        for _ in range(self.rounds):
+            message = F.relu(enc["conv"](out, inputs.edge_index, inputs.edge_attr))
+            out, h = enc["gru"](message.unsqueeze(0), h)
+            out = out.squeeze(0)
+        return F.relu(enc["project"](enc["readout"](out, inputs.batch)))
+
+    def decode(self, z: Tensor) -> list[Tensor]:
+        """One (num_graphs, 1) prediction of the scaled target per task."""
+        return [head(z) for head in self.heads]
+
+
+class QM9MAE:
+    """Per-target MAE over a split, in the original units (eV targets in meV)."""
+
+    def __init__(self, metric_names: list[str], std: Tensor, unit_scale: Tensor):
+        self.names, self.std, self.unit_scale = metric_names, std, unit_scale
+        self.abs_error = torch.zeros(len(metric_names), dtype=torch.float64)
+        self.count = 0
+
+    def update(self, outputs: list[Tensor], batch: Batch) -> None:
+        """Adds sum_graphs |prediction - target| * std (scaled errors back in units)."""
+        err = (torch.cat(outputs, dim=1).detach() - batch.y).abs()
+        self.abs_error += (err.double().sum(0).cpu() * self.std.double())
+        self.count += batch.y.size(0)
+
+    def compute(self) -> dict[str, float]:
+        if self.count == 0:
+            raise ValueError("no batches were passed to update(); evaluate a non-empty split")
+        mae = self.abs_error / self.count * self.unit_scale.double()
+        return {name: float(v) for name, v in zip(self.names, mae)}
+
+
+def _missing_files_message(root: str) -> str | None:
+    """None when the raw files PyG's QM9 reads are under ``root``, else a one-line
+    ``DatasetNotFound`` message saying what is missing and where to get it."""
+    names = QM9.raw_file_names.fget(None)     # the same files QM9 itself would look for
+    paths = [os.path.join(root, "raw", name) for name in names]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if not missing:
+        return None
+    if names == ["qm9_v3.pt"]:
+        source = f"unzip PyG's pre-processed QM9 archive {QM9.processed_url} into {root}/raw"
+    else:
+        source = (f"unzip {QM9.raw_url} into {root}/raw and save {QM9.raw_url2} there as "
+                  "uncharacterized.txt")
+    return (f"QM9 not found: missing {', '.join(missing)}; {source} "
+            "(nothing can be downloaded here)")
+
+
+class QM9Benchmark(Benchmark):
+    """QM9 with the targets ``targets`` (PyG columns; task names from ``TARGET_NAMES``)."""
+
+    name = "qm9"
+    selection_split = "val"
+
+    def __init__(self, root: str, seed: int = 0, targets: Sequence[int] = DEFAULT_TARGETS,
+                 split_sizes: tuple[int, int] = (10000, 10000), hidden: int = 64):
+        targets = [int(t) for t in targets]
+        unknown = [t for t in targets if t not in STL_MAE]
+        if not targets or unknown or len(set(targets)) != len(targets):
+            raise ValueError(f"targets {targets} must be distinct PyG QM9 columns with an STL "
+                             f"baseline, chosen from {sorted(STL_MAE)}")
+        n_test, n_val = (int(s) for s in split_sizes)
+        if n_test < 1 or n_val < 1:
+            raise ValueError(f"split_sizes {tuple(split_sizes)} must be two positive sizes "
+                             "(test, val)")
+        root = os.path.expanduser(str(root))
+        message = _missing_files_message(root)
+        if message is not None:
+            raise DatasetNotFound(message)
+
+        dataset = QM9(root)
+        if n_test + n_val + 2 > len(dataset):
+            raise ValueError(f"split_sizes {tuple(split_sizes)} leave fewer than 2 of the "
+                             f"{len(dataset)} molecules for training; pass smaller sizes")
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+        index = {"test": order[:n_test], "val": order[n_test:n_test + n_val],
+                 "train": order[n_test + n_val:]}
+        train_y = dataset.y[index["train"]][:, targets].double()
+        self.target_mean = train_y.mean(0).float()
+        self.target_std = train_y.std(0).float()
+        if not bool((self.target_std > 0).all()):
+            raise ValueError("a target is constant on the training split, so it cannot be "
+                             "z-scored; use more molecules or other targets")
+        dataset.transform = T.Compose([ScaledTargets(targets, self.target_mean, self.target_std),
+                                       CompleteGraph(), T.Distance(norm=False)])
+        self._data = {split: dataset[idx] for split, idx in index.items()}
+
+        self.seed, self.hidden, self.targets = seed, hidden, targets
+        self.tasks = [TARGET_NAMES[t] for t in targets]
+        self.metrics = [Metric(f"{TARGET_NAMES[t]}_mae", TARGET_NAMES[t], False, STL_MAE[t])
+                        for t in targets]
+        self.unit_scale = torch.tensor([1000.0 if t in EV_TARGETS else 1.0 for t in targets])
+
+    def _split(self, split: str):
+        if split not in self._data:
+            raise ValueError(f"unknown split {split!r}; choose from {', '.join(self.splits)}")
+        return self._data[split]
+
+    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0) -> Iterable:
+        """PyG batches of ``split``; when ``shuffle`` the order follows a generator seeded
+        with ``seed`` (and advances each time the same loader is iterated again)."""
+        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        return DataLoader(self._split(split), batch_size=batch_size, shuffle=shuffle,
+                          generator=generator)
+
+    def to_device(self, batch: Batch, device: torch.device) -> Batch:
+        return batch.to(device)
+
+    def inputs(self, batch: Batch) -> Batch:
+        return batch
+
+    def build_model(self) -> MPNN:
+        return MPNN(self.num_tasks, hidden=self.hidden)
+
+    def task_losses(self, outputs: list[Tensor], batch: Any) -> Tensor:
+        """Per-target MSE between predictions and z-scored targets, a (k,) tensor."""
+        return F.mse_loss(torch.cat(outputs, dim=1), batch.y, reduction="none").mean(0)
+
+    def metric_state(self) -> QM9MAE:
+        return QM9MAE([m.name for m in self.metrics], self.target_std, self.unit_scale)
+
+    def denormalise(self, scaled: Tensor) -> Tensor:
+        """Targets in PyG units from z-scored ones (the inverse of the target scaling)."""
+        return scaled * self.target_std.to(scaled) + self.target_mean.to(scaled)

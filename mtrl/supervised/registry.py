@@ -1,0 +1,31 @@
+"""Benchmark names -> classes, imported on first use (QM9 needs torch_geometric, which the
+other benchmarks do not)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+#: name -> "module:class" under mtrl.supervised
+BENCHMARKS = {
+    "qm9": "qm9:QM9Benchmark",
+    "celeba": "celeba:CelebABenchmark",
+}
+
+
+def benchmark_class(name: str):
+    module, cls = BENCHMARKS[name].split(":")
+    return getattr(importlib.import_module(f"mtrl.supervised.{module}"), cls)
+
+
+def benchmark_metrics(cfg: dict) -> list:
+    """The reported metrics (``Metric``: name, task, direction, single-task baseline) of the
+    benchmark that ``cfg`` (a run config's ``benchmark`` section) describes, from its
+    module's ``metric_list`` without reading any data; options the metric list does not
+    depend on (root, image size, ...) are ignored."""
+    name = cfg.get("name")
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; valid: {', '.join(sorted(BENCHMARKS))}")
+    module = importlib.import_module(f"mtrl.supervised.{BENCHMARKS[name].split(':')[0]}")
+    accepted = inspect.signature(module.metric_list).parameters
+    return module.metric_list(**{k: v for k, v in cfg.items() if k in accepted})

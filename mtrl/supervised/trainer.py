@@ -1,0 +1,325 @@
+"""Supervised multi-task training with any aggregator of the library.
+
+One step: forward the batch, the k task losses, then :func:`aggregators.backward` fills
+the gradients (the shared encoder gets the aggregated direction; loss-only methods do one
+ordinary backward) and the optimiser steps.  Modes (``mode``):
+
+* ``param``: the method aggregates the per-task gradients of the shared parameters;
+* ``rep`` (the "-UB" variants of papers 002 and 003): it aggregates the per-task
+  gradients of the shared representation z, and the aggregated ``d_z`` goes back through
+  the encoder once.
+
+ConsMTL (paper 001) adds its lower level (eqs. 6-8, Alg. 1): after the upper level has
+given the weights alpha, head i is updated with ``grad l_i + clip(grad L_i^extra)``,
+``L_i^extra = -lam <d l_i / d z, d_z>``, ``d_z = sum_j alpha_j d l_j / d z`` detached
+(Prop. 3.1), the extra gradient clipped to ``clip_ratio`` times the task gradient's norm
+on that head (the authors' clip).
+
+Once per epoch the selection split (``val``, or ``train`` where the benchmark has none)
+is evaluated: its per-task drops dm_i (PIVRG eq. 3, ``mtrl.metrics``) feed the
+performance-informed aggregators and pick the reported epoch; the test split is
+evaluated too.  Every epoch appends one line to ``metrics.jsonl`` and writes an atomic
+checkpoint; a killed run resumes from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import aggregators
+from aggregators.fair import ConsMTL
+
+from .. import metrics as mtl_metrics
+from ..checkpoint import CheckpointError, load, save_atomic
+from ..configuration import ConfigError, build_aggregator, resolve_device
+from ..metrics_log import RunLogger
+from .benchmark import Benchmark, DatasetNotFound
+
+CHECKPOINT_FORMAT = 1
+MODES = ("param", "rep")
+
+
+def build_benchmark(cfg: dict) -> Benchmark:
+    """The benchmark named by ``cfg["name"]``, built from ``root`` and its options."""
+    from .registry import BENCHMARKS, benchmark_class
+
+    options = {k: v for k, v in cfg.items() if k not in ("name", "root")}
+    name = cfg["name"]
+    if name not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {name!r}; valid: {', '.join(sorted(BENCHMARKS))}")
+    if not cfg.get("root"):
+        raise ConfigError(f"benchmark {name} needs its data: set benchmark.root=PATH")
+    try:
+        return benchmark_class(name)(cfg["root"], **options)
+    except TypeError as exc:
+        raise ConfigError(f"benchmark {name}: {exc}") from None
+
+
+def selection_score(values: dict[str, float], bench: Benchmark) -> tuple[float, dict[str, float]]:
+    """(dm%, per-task dm_i) of metric values against the benchmark's baselines."""
+    names = [m.name for m in bench.metrics]
+    args = ([values[n] for n in names], [m.baseline for m in bench.metrics], [m.higher_is_better for m in bench.metrics])
+    return mtl_metrics.delta_m(*args), mtl_metrics.delta_m_per_task(*args, [m.task for m in bench.metrics])
+
+
+class SupervisedTrainer:
+    """Train ``cfg["benchmark"]`` with ``cfg["aggregator"]`` (see ``configs/supervised.yaml``)."""
+
+    def __init__(self, cfg: dict, run_dir: str | Path, benchmark: Benchmark | None = None):
+        self.cfg = copy.deepcopy(cfg)
+        self.run_dir = Path(run_dir)
+        self.seed = int(cfg["seed"])
+        self.device = resolve_device(str(cfg.get("device", "auto")))
+        t = cfg["train"]
+        self.epochs = int(t["epochs"])
+        self.batch_size = int(t["batch_size"])
+        self.eval_batch_size = int(t.get("eval_batch_size") or self.batch_size)
+        self.max_batches = t.get("max_batches")
+        self.log_every = int(t.get("log_every", 50))
+        self.diagnostics_every = int(t.get("diagnostics_every", 0))
+        self.mode = cfg.get("mode", "param")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        random.seed(self.seed)
+        np.random.seed(self.seed)
+        torch.manual_seed(self.seed)
+
+        try:
+            self.bench = benchmark or build_benchmark(cfg["benchmark"])
+        except DatasetNotFound as exc:
+            raise ConfigError(str(exc)) from None
+        k = self.bench.num_tasks
+        self.model = self.bench.build_model().to(self.device)
+        preset = cfg.get("aggregator_preset")
+        self.agg = build_aggregator(cfg["aggregator"], k, preset).to(self.device)
+        self.lower_level = isinstance(self.agg, ConsMTL)
+        if self.lower_level and len(self.model.heads) != k:
+            raise ConfigError(f"ConsMTL's lower level needs one head per task ({k}), the model has {len(self.model.heads)}")
+        params = list(self.model.parameters()) + [p for p in self.agg.parameters() if p.requires_grad]
+        self.optimizer = _optimizer(t, params)
+        self.scheduler = _scheduler(t.get("scheduler") or {"name": "none"}, self.optimizer)
+        self.epoch = 0
+        self.step = 0
+        self.best = {"score": math.inf, "epoch": None, "test": None, "selection": None}
+
+        self.ckpt_path = self.run_dir / "checkpoints" / "latest.pt"
+        resumed = self.ckpt_path.exists()
+        if resumed:
+            self._restore(load(self.ckpt_path))
+        self.log = RunLogger(self.run_dir, resume_step=self.epoch if resumed else None)
+        self.log.save_config(self.cfg)
+        self.resumed = resumed
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "config": self.cfg, "epoch": self.epoch, "step": self.step,
+                "model": self.model.state_dict(), "aggregator": self.agg.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "best": self.best, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                                           "python": random.getstate()}}
+
+    def _restore(self, state: dict) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
+            raise CheckpointError(f"{self.ckpt_path} is not a checkpoint of the supervised trainer; use a new run directory")
+        for key in ("benchmark", "aggregator", "aggregator_preset", "mode"):
+            if state["config"].get(key) != self.cfg.get(key):
+                raise CheckpointError(f"{self.ckpt_path} was written with a different {key} config; use a new run directory")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.agg.load_state_dict(state["aggregator"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{self.ckpt_path} does not fit this run ({exc}); use a new run directory") from None
+        self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), state["best"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+
+    # -- one step ----------------------------------------------------------------------------
+    def train_step(self, batch) -> aggregators.BackwardResult:
+        """Forward, aggregated backward (plus ConsMTL's lower level), optimiser step."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        z = self.model.encode(self.bench.inputs(batch))
+        outputs = self.model.decode(z)
+        losses = self.bench.task_losses(outputs, batch)
+        names = tuple(self.bench.tasks)
+        diag = self.diagnostics_every > 0 and self.step % self.diagnostics_every == 0
+        shared = self.model.shared_parameters()
+        if self.lower_level:
+            rep_grads = _batched_grad(losses, z, create_graph=True)
+            head_grads = torch.autograd.grad(losses.sum(), self.model.task_parameters(), retain_graph=True)
+            info = aggregators.backward(list(losses), shared, self.agg, features=z if self.mode == "rep" else None,
+                                        diagnostics=diag, task_names=names, retain_graph=True)
+            self._lower_level(rep_grads, head_grads)
+        else:
+            info = aggregators.backward(list(losses), shared, self.agg, features=z if self.mode == "rep" else None,
+                                        diagnostics=diag, task_names=names)
+        self.optimizer.step()
+        self.agg.after_step(losses.detach())
+        self.last_outputs = [o.detach() for o in outputs]
+        return info
+
+    def _lower_level(self, rep_grads: torch.Tensor, head_grads) -> None:
+        """ConsMTL eqs. 7-8: head i's gradient is grad l_i + the clipped gradient of
+        ``-lam <delta_i, d_z>`` (replacing the alpha-weighted one of the upper level)."""
+        extra = self.agg.extra_losses(rep_grads).sum()  # head i's extra loss reaches head i only
+        params = self.model.task_parameters()
+        extra_grads = torch.autograd.grad(extra, params, allow_unused=True)
+        by_head = _group_by_head(self.model, params)
+        for idx in by_head:
+            task = torch.cat([head_grads[j].flatten() for j in idx])
+            ext = torch.cat([(extra_grads[j] if extra_grads[j] is not None else torch.zeros_like(params[j])).flatten()
+                             for j in idx])
+            ext = self.agg.clip_extra_grad(ext, task)
+            offset = 0
+            for j in idx:
+                n = params[j].numel()
+                params[j].grad = (task[offset:offset + n] + ext[offset:offset + n]).view_as(params[j])
+                offset += n
+
+    # -- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        self.model.eval()
+        state = self.bench.metric_state()
+        for i, batch in enumerate(self.bench.loader(split, self.eval_batch_size, shuffle=False)):
+            if self.max_batches is not None and i >= int(self.max_batches):
+                break
+            batch = self.bench.to_device(batch, self.device)
+            state.update(self.model(self.bench.inputs(batch)), batch)
+        return state.compute()
+
+    def _feed_performance(self, dm_i: dict[str, float]) -> None:
+        if hasattr(self.agg, "update_performance"):
+            self.agg.update_performance(torch.tensor([dm_i[t] for t in self.bench.tasks], dtype=torch.float64))
+
+    # -- the loop ----------------------------------------------------------------------------
+    def train(self) -> dict:
+        """Train (or continue) to ``train.epochs``; returns the final results (also saved
+        to ``results.json``)."""
+        sel = self.bench.selection_split
+        while self.epoch < self.epochs:
+            t0 = time.perf_counter()
+            train_state = self.bench.metric_state()
+            loader = self.bench.loader("train", self.batch_size, shuffle=True, seed=self.seed * 100_003 + self.epoch)
+            n = len(loader) if self.max_batches is None else min(len(loader), int(self.max_batches))
+            losses_sum = torch.zeros(self.bench.num_tasks, dtype=torch.float64, device=self.device)
+            bar = tqdm(loader, total=n, desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="batch",
+                       dynamic_ncols=True, mininterval=1.0, leave=False)
+            for i, batch in enumerate(bar):
+                if i >= n:
+                    break
+                batch = self.bench.to_device(batch, self.device)
+                info = self.train_step(batch)
+                train_state.update(self.last_outputs, batch)
+                losses_sum += info.losses.to(torch.float64)
+                self.step += 1
+                if self.step % self.log_every == 0 or info.diagnostics is not None:
+                    self.log.scalars({f"train/{k}": v for k, v in info.log_dict().items()}, self.step)
+            bar.close()
+            self.agg.end_epoch()
+            values = {"train": train_state.compute()}
+            for split in ("val", "test"):
+                if split in self.bench.splits and split != "train":
+                    values[split] = self.evaluate(split)
+            dm, dm_i = selection_score(values[sel], self.bench)
+            self._feed_performance(dm_i)
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step(dm)
+            else:
+                self.scheduler.step()
+            self.epoch += 1
+            score = self.bench.selection_value(values[sel], dm)
+            if score < self.best["score"]:
+                self.best = {"score": score, "epoch": self.epoch, "test": values.get("test"), "selection": values[sel]}
+            record = {"step": self.epoch, "epoch": self.epoch, "updates": self.step, "seconds": time.perf_counter() - t0,
+                      "lr": self.optimizer.param_groups[0]["lr"],
+                      "train_loss": dict(zip(self.bench.tasks, (losses_sum / max(n, 1)).tolist())),
+                      "metrics": values, f"{sel}_delta_m": dm, f"{sel}_delta_m_i": dm_i}
+            if "test" in values:
+                record["test_delta_m"], record["test_delta_m_i"] = selection_score(values["test"], self.bench)
+            if self.agg.weights is not None:
+                record["weights"] = self.agg.weights.detach().cpu().tolist()
+            if hasattr(self.agg, "omega"):
+                record["omega"] = self.agg.omega.detach().cpu().tolist()
+            self.log.evaluation(record)
+            self.log.scalars({f"{sel}/delta_m": dm, **{f"{sel}/delta_m_i/{t}": v for t, v in dm_i.items()},
+                              **{f"{s}/{m}": v for s, vals in values.items() for m, v in vals.items()}}, self.epoch)
+            save_atomic(self._state(), self.ckpt_path)
+            print(f"epoch {self.epoch}: {sel} dm% {dm:+.2f}" + (f", test dm% {record['test_delta_m']:+.2f}"
+                                                              if "test" in record else ""))
+        results = self.results()
+        from ..run_files import write_json_atomic
+
+        write_json_atomic(self.run_dir / "results.json", results)
+        self.log.save_status("finished", self.epoch)
+        return results
+
+    def results(self) -> dict:
+        """The papers' numbers: test metrics at the epoch with the best selection dm%,
+        dm%, per-task dm_i, their variance and the task-weighted dm."""
+        test = self.best["test"] if self.best["test"] is not None else self.best["selection"]
+        names = [m.name for m in self.bench.metrics]
+        args = ([test[n] for n in names], [m.baseline for m in self.bench.metrics],
+                [m.higher_is_better for m in self.bench.metrics])
+        dm_i = mtl_metrics.delta_m_per_task(*args, [m.task for m in self.bench.metrics])
+        return {"benchmark": self.bench.name, "aggregator": self.cfg["aggregator"]["name"], "mode": self.mode,
+                "seed": self.seed, "selected_epoch": self.best["epoch"], "selection_split": self.bench.selection_split,
+                "metrics": test, "delta_m": mtl_metrics.delta_m(*args), "delta_m_i": dm_i,
+                "delta_m_var": mtl_metrics.delta_m_variance(dm_i),
+                # PIVRG's tables print the variance over the per-metric drops (the same as the
+                # above when each task has one metric)
+                "delta_m_var_metrics": mtl_metrics.delta_m_variance(mtl_metrics.per_metric_delta(*args)),
+                "task_weighted_delta_m": mtl_metrics.task_weighted_delta_m(*args, [m.task for m in self.bench.metrics])}
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def _batched_grad(losses: torch.Tensor, z: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """(k, *z.shape): d l_i / d z for every task in one batched backward."""
+    eye = torch.eye(losses.numel(), dtype=losses.dtype, device=losses.device)
+    (g,) = torch.autograd.grad(losses, z, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
+                               create_graph=create_graph)
+    return g
+
+
+def _group_by_head(model, params: list) -> list[list[int]]:
+    """Indices into ``params`` of each head's parameters (head i = ``model.heads[i]``)."""
+    index = {id(p): j for j, p in enumerate(params)}
+    return [[index[id(p)] for p in head.parameters()] for head in model.heads]
+
+
+def _optimizer(t: dict, params: list) -> torch.optim.Optimizer:
+    name = t.get("optimizer", "adam")
+    lr, wd = float(t["lr"]), float(t.get("weight_decay", 0.0))
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=float(t.get("momentum", 0.9)), weight_decay=wd)
+    raise ConfigError(f"train.optimizer must be adam or sgd, got {name!r}")
+
+
+def _scheduler(s: dict, opt: torch.optim.Optimizer):
+    """The protocols' schedules: ``step`` (NYU-v2 / Cityscapes: halve at epoch 100),
+    ``plateau`` on the selection dm% (QM9: factor 0.7, patience 5, min lr 1e-5), ``none``."""
+    name = s.get("name", "none")
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=int(s["step_size"]), gamma=float(s.get("gamma", 0.5)))
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=float(s.get("factor", 0.7)),
+                                                          patience=int(s.get("patience", 5)),
+                                                          min_lr=float(s.get("min_lr", 1e-5)))
+    if name == "none":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
+    raise ConfigError(f"train.scheduler.name must be step, plateau or none, got {name!r}")
