@@ -283,13 +283,13 @@ def _load_metrics(path: Path) -> tuple[list[dict], bool]:
     return records, False
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten_config(d: dict, prefix: str = "") -> dict:
     """Nested dict -> {"a.b.c": value}; lists become tuples (hashable)."""
     out = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
+            out.update(flatten_config(value, name + "."))
         else:
             out[name] = tuple(value) if isinstance(value, list) else value
     return out
@@ -305,7 +305,7 @@ def load_run(run_dir) -> tuple[Run | None, list[Problem]]:
         return None, [Problem(where, str(exc))]
     status = read_status(run_dir) or {}
     failed = [Problem(where, f"failed: {status.get('error', 'no reason recorded')}")] if status.get("state") == "failed" else []
-    flat = _flatten(config)
+    flat = flatten_config(config)
     missing = [k for k in LABEL_KEYS if k not in flat]
     if missing:
         return None, [Problem(where, f"config lacks {', '.join(missing)}")]
@@ -346,12 +346,12 @@ def load_runs(paths) -> tuple[list[Run], list[Problem]]:
 # ------------------------------------------------------------------------------ grouping
 
 def _group_key(run: Run) -> tuple:
-    flat = {k: v for k, v in _flatten(run.config).items() if k not in IGNORED_KEYS}
+    flat = {k: v for k, v in flatten_config(run.config).items() if k not in IGNORED_KEYS}
     flat["tasks"] = run.tasks
     return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in flat.items()))
 
 
-def _variants(keys: list[tuple]) -> list[str]:
+def variant_labels(keys: list[tuple]) -> list[str]:
     """For groups that share a label: 'key=value, ...' of the config values that differ."""
     dicts = [dict(k) for k in keys]
     all_keys = sorted(set().union(*dicts))
@@ -381,12 +381,12 @@ def _flag(best: np.ndarray, seeds: list, unfinished: int) -> str:
     return "; ".join(notes)
 
 
-def _seed_order(seed) -> tuple:
+def seed_order(seed) -> tuple:
     return (0, seed, "") if isinstance(seed, int) else (1, 0, str(seed))
 
 
 def _summarize_group(runs: list[Run], variant: str, n_resamples: int, seed: int) -> GroupSummary:
-    runs = sorted(runs, key=lambda r: (_seed_order(r.config.get("seed")), str(r.path)))
+    runs = sorted(runs, key=lambda r: (seed_order(r.config.get("seed")), str(r.path)))
     best = np.array([max(e["mean_success"] for e in r.evaluations) for r in runs], dtype=float)
     final = np.array([r.evaluations[-1]["mean_success"] for r in runs], dtype=float)
     scores = np.array([r.evaluations[-1]["success"] for r in runs], dtype=float)
@@ -394,7 +394,7 @@ def _summarize_group(runs: list[Run], variant: str, n_resamples: int, seed: int)
     shared = sorted(set.intersection(*({e["step"] for e in r.evaluations} for r in runs)))
     by_step = [{e["step"]: e["mean_success"] for e in r.evaluations} for r in runs]
     curves = np.array([[d[s] for s in shared] for d in by_step], dtype=float).reshape(len(runs), len(shared))
-    flat = _flatten(runs[0].config)
+    flat = flatten_config(runs[0].config)
     seeds = [r.config.get("seed") for r in runs]
     unfinished = sum(not r.finished for r in runs)
     return GroupSummary(
@@ -424,7 +424,7 @@ def summarize(runs: list[Run], include_unfinished: bool = False, n_resamples: in
         by_label.setdefault(tuple(d[k] for k in LABEL_KEYS), []).append(key)
     variant = {}
     for keys in by_label.values():
-        names = _variants(keys) if len(keys) > 1 else [""]
+        names = variant_labels(keys) if len(keys) > 1 else [""]
         variant.update(zip(keys, names))
     out = [_summarize_group(groups[k], variant[k], n_resamples, seed) for k in groups]
     return sorted(out, key=lambda g: (g.label_fields, g.variant))
@@ -440,7 +440,7 @@ def _pm(mean: float, err: float) -> str:
     return f"{_fmt(mean)} ± {_fmt(err)}"
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -456,7 +456,7 @@ def group_table_markdown(groups: list[GroupSummary]) -> str:
         rows.append([g.env, g.protocol, g.agent, g.aggregator, str(g.steps)] + ([g.variant] if with_variant else []) + [
             str(g.n), _pm(g.best_mean, g.best_sem), _pm(g.final_mean, g.final_sem),
             f"{_fmt(g.iqm)} [{_fmt(g.iqm_low)}, {_fmt(g.iqm_high)}]", g.flag])
-    return _md_table(header, rows)
+    return markdown_table(header, rows)
 
 
 def per_task_markdown(groups: list[GroupSummary]) -> str:
@@ -468,7 +468,7 @@ def per_task_markdown(groups: list[GroupSummary]) -> str:
     parts = []
     for tasks, gs in by_tasks.items():
         rows = [[g.name, str(g.n)] + [_pm(m, s) for m, s in zip(g.task_mean, g.task_sem)] for g in gs]
-        parts.append(_md_table(["group", "seeds"] + list(tasks), rows))
+        parts.append(markdown_table(["group", "seeds"] + list(tasks), rows))
     return "\n\n".join(parts)
 
 
@@ -500,7 +500,7 @@ def _csv_value(x):
     return repr(float(x)) if isinstance(x, (float, np.floating)) else x
 
 
-def _write_csv(path: Path, header, rows) -> None:
+def write_csv(path: Path, header, rows) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
@@ -538,10 +538,10 @@ def write_outputs(groups: list[GroupSummary], problems: list[Problem], out_dir) 
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in ("summary.md", "summary.csv", "per_task.csv", "learning_curves.png")}
     paths["summary.md"].write_text(summary_markdown(groups, problems))
-    _write_csv(paths["summary.csv"], SUMMARY_COLUMNS, [
+    write_csv(paths["summary.csv"], SUMMARY_COLUMNS, [
         [g.env, g.protocol, g.agent, g.aggregator, g.steps, g.variant, g.n, g.best_mean, g.best_sem, g.final_mean,
          g.final_sem, g.iqm, g.iqm_low, g.iqm_high, g.unfinished, g.flag] for g in groups])
-    _write_csv(paths["per_task.csv"],
+    write_csv(paths["per_task.csv"],
                ("env", "protocol", "agent", "aggregator", "steps", "variant", "task", "seeds", "mean", "sem"),
                [[*g.label_fields, g.variant, t, g.n, m, s]
                 for g in groups for t, m, s in zip(g.tasks, g.task_mean, g.task_sem)])

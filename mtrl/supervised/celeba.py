@@ -300,7 +300,7 @@ class CelebABenchmark(Benchmark):
             raise FileNotFoundError(f"{len(missing)} images listed in {self.files.attr_file.name} are not in "
                                     f"{self.files.image_dir}, e.g. {missing[0]}")
         self.tasks = list(attributes)
-        self.metrics = [Metric(f"{a}_f1", a, True, b) for a, b in zip(ATTRIBUTES, STL_F1)]
+        self.metrics = metric_list()
         codes = np.array([partition[name] for name in images])
         self.datasets = {
             split: CelebASplit(self.files.image_dir, [images[i] for i in np.flatnonzero(codes == code)],

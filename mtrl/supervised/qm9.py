@@ -199,8 +199,7 @@ class QM9Benchmark(Benchmark):
 
         self.seed, self.hidden, self.targets = seed, hidden, targets
         self.tasks = [TARGET_NAMES[t] for t in targets]
-        self.metrics = [Metric(f"{TARGET_NAMES[t]}_mae", TARGET_NAMES[t], False, STL_MAE[t])
-                        for t in targets]
+        self.metrics = metric_list(targets)
         self.unit_scale = torch.tensor([1000.0 if t in EV_TARGETS else 1.0 for t in targets])
 
     def _split(self, split: str):

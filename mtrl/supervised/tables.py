@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import metrics as mtl_metrics
 from ..run_files import read_config, read_status
-from ..summary import (Problem, _flatten, _md_table, _seed_order, _variants, _write_csv, find_run_dirs,
+from ..summary import (Problem, flatten_config, markdown_table, seed_order, variant_labels, write_csv, find_run_dirs,
                        problems_markdown, sem)
 from .benchmark import Metric
 from .registry import benchmark_metrics
@@ -277,7 +277,7 @@ def load_runs(paths) -> tuple[list[SupervisedRun], list[Problem]]:
 # ------------------------------------------------------------------------------ grouping
 
 def _group_key(config: dict) -> tuple:
-    flat = {k: v for k, v in _flatten(config).items() if k not in IGNORED_KEYS}
+    flat = {k: v for k, v in flatten_config(config).items() if k not in IGNORED_KEYS}
     return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in flat.items()))
 
 
@@ -298,8 +298,8 @@ def group_runs(runs: list[SupervisedRun]) -> tuple[list[MethodRow], list[Problem
         by_label.setdefault(_label(members[0].config), []).append(key)
     rows, problems = [], []
     for (bench, mode, agg), keys in by_label.items():
-        for key, variant in zip(keys, _variants(keys) if len(keys) > 1 else [""]):
-            members = sorted(groups[key], key=lambda r: (_seed_order(r.seed), str(r.path)))
+        for key, variant in zip(keys, variant_labels(keys) if len(keys) > 1 else [""]):
+            members = sorted(groups[key], key=lambda r: (seed_order(r.seed), str(r.path)))
             row = MethodRow(bench, agg, mode, variant, members, members[0].metrics)
             seeds = row.seeds
             for s in sorted({s for s in seeds if seeds.count(s) > 1}, key=str):
@@ -380,7 +380,7 @@ def table_markdown(table: Table) -> str:
             "in the metrics, so the two means agree). Var[dm_i]: variance of the per-task drops of the "
             "seed-mean metrics. MR: mean rank over the metrics among the methods of this table (1 = best; "
             "STL not ranked).\n\n")
-    return text + _md_table(header, rows)
+    return text + markdown_table(header, rows)
 
 
 def document_markdown(table: Table, problems: list[Problem]) -> str:
@@ -415,6 +415,6 @@ def write_tables(tables: list[Table], problems: list[Problem], out_dir) -> list[
     for table in tables:
         md, csv = out / f"{table.stem}_table.md", out / f"{table.stem}_table.csv"
         md.write_text(document_markdown(table, problems))
-        _write_csv(csv, csv_columns(table), csv_rows(table))
+        write_csv(csv, csv_columns(table), csv_rows(table))
         paths += [md, csv]
     return paths
