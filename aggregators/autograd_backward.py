@@ -180,18 +180,9 @@ def _loss_only(call: _Call, chunk_numel: int | None) -> BackwardResult:
 def _full(call: _Call) -> BackwardResult:
     """Batched per-task gradients ``G`` on the shared parameters, ``d = A(G, l)``."""
     agg = call.agg
-    is_gram = isinstance(agg, GramWeighting)
-    G = _rows(_per_task(call.losses, call.params, create_graph=agg.needs_graph))
-    Gd = G.detach()
-    gram = Gd @ Gd.T if is_gram or call.want_diagnostics else None
-    _check_finite(call, gram.diagonal() if is_gram else _row_max(Gd))
+    G, Gd, gram = _task_matrix(call, call.params)
     w, d = _aggregate(call, Gd, gram)
-    if agg.needs_graph:
-        penalty = torch.autograd.grad(agg.penalty(G), call.params, retain_graph=True,
-                                      allow_unused=True, materialize_grads=True)
-        d = d + _flat(penalty).to(d.dtype)
-        if call.check:
-            _check_finite_tensor(d, f"{agg.name} penalty gradient")
+    d = _add_penalty(call, d, G, call.params)
     _accumulate(call.params, _split(d, call.params))
     _backward_others(call, w)
     cos = None
@@ -219,24 +210,15 @@ def _feature_level(call: _Call) -> BackwardResult:
     ``sum_i w_i l_i``: every path to a shared parameter passes through ``z``, so its
     trunk gradient is ``J_z^T sum_i w_i dl_i/dz = J_z^T d_z``."""
     agg = call.agg
-    is_gram = isinstance(agg, GramWeighting)
-    Gz = _rows(_per_task(call.losses, call.features, create_graph=agg.needs_graph))
-    Gd = Gz.detach()
-    gram = Gd @ Gd.T if is_gram or call.want_diagnostics else None
-    _check_finite(call, gram.diagonal() if is_gram else _row_max(Gd))
-    if is_gram and not agg.needs_graph:
+    Gz, Gd, gram = _task_matrix(call, call.features)
+    if isinstance(agg, GramWeighting) and not agg.needs_graph:
         with _unchecked(agg):
             w = agg.gram_weights(gram, call.losses.detach())
         _weighted_backward(call, w, [*call.params, *call.others])
         cos = diag.direction_cosines_from_gram(gram, w) if call.want_diagnostics else None
         return call.result(w, _weighted_norm(gram, w), gram, cos)
     w, d = _aggregate(call, Gd, gram)
-    if agg.needs_graph:
-        penalty = torch.autograd.grad(agg.penalty(Gz), call.features, retain_graph=True,
-                                      allow_unused=True, materialize_grads=True)
-        d = d + _flat(penalty).to(d.dtype)
-        if call.check:
-            _check_finite_tensor(d, f"{agg.name} penalty gradient")
+    d = _add_penalty(call, d, Gz, call.features)
     torch.autograd.backward(call.features, grad_tensors=_split(d, call.features), inputs=call.params,
                             retain_graph=bool(call.others) or call.retain_graph)
     _backward_others(call, w)
@@ -245,6 +227,32 @@ def _feature_level(call: _Call) -> BackwardResult:
 
 
 # -- pieces of the paths -------------------------------------------------------------------
+
+def _task_matrix(call: _Call, inputs: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(G, G detached, M)``: the k per-task gradients w.r.t. ``inputs`` as rows (kept
+    differentiable for a second-order term), checked finite; ``M = G G^T`` where a
+    Gram-matrix method or the diagnostics need it."""
+    agg = call.agg
+    is_gram = isinstance(agg, GramWeighting)
+    G = _rows(_per_task(call.losses, inputs, create_graph=agg.needs_graph))
+    Gd = G.detach()
+    gram = Gd @ Gd.T if is_gram or call.want_diagnostics else None
+    _check_finite(call, gram.diagonal() if is_gram else _row_max(Gd))
+    return G, Gd, gram
+
+
+def _add_penalty(call: _Call, d: Tensor, G: Tensor, inputs: list[Tensor]) -> Tensor:
+    """``d`` plus the gradient of the method's second-order penalty (CosReg) w.r.t. ``inputs``."""
+    agg = call.agg
+    if not agg.needs_graph:
+        return d
+    penalty = torch.autograd.grad(agg.penalty(G), inputs, retain_graph=True, allow_unused=True,
+                                  materialize_grads=True)
+    d = d + _flat(penalty).to(d.dtype)
+    if call.check:
+        _check_finite_tensor(d, f"{agg.name} penalty gradient")
+    return d
+
 
 def _aggregate(call: _Call, G: Tensor, gram: Tensor | None) -> tuple[Tensor | None, Tensor]:
     """``(w, d)``: Gram-matrix methods take w from the given ``M``; others return d only."""

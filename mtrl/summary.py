@@ -139,7 +139,7 @@ class GroupSummary:
 
     @property
     def task_sem(self) -> np.ndarray:
-        return np.array([sem(col) for col in self.task_scores.T])
+        return column_sem(self.task_scores)
 
     @property
     def name(self) -> str:
@@ -154,6 +154,11 @@ def sem(x) -> float:
     for fewer than two values."""
     x = np.asarray(x, dtype=float)
     return float(np.std(x, ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
+
+
+def column_sem(matrix) -> np.ndarray:
+    """:func:`sem` of every column of a (runs x values) matrix."""
+    return np.array([sem(col) for col in np.asarray(matrix, dtype=float).T])
 
 
 def iqm(x, axis=None):

@@ -27,3 +27,14 @@ def degenerate_cases(n: int = 20, seed: int = 0, dtype=torch.float64) -> dict[st
         "all_zero": torch.zeros(3, n, dtype=dtype),
         "ten_orders": torch.stack([1e-5 * g[0], g[1], 1e5 * g[2]]),
     }
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op torch thread (CNNs on a shared 2-core machine run far slower with more)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

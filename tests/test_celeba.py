@@ -10,13 +10,6 @@ from mtrl.supervised.celeba import (ATTRIBUTES, STL_F1, CelebABenchmark, CelebAC
 from celeba_data import layout_paths, write_celeba
 
 
-@pytest.fixture
-def single_thread():
-    """The CNN runs one intra-op thread (on a shared 2-core machine more threads are far slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

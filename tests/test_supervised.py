@@ -29,12 +29,6 @@ def data(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def config(data, bench, aggregator, mode="param", epochs=2, **train):
@@ -76,7 +70,7 @@ def test_qm9_trains_with_each_aggregator_and_reports_the_papers_numbers(data, tm
 
 
 @pytest.mark.parametrize("aggregator", ["ls", "pivrg", "consmtl"])
-def test_celeba_trains_with_pivrg_and_consmtl(data, tmp_path, one_thread, aggregator):
+def test_celeba_trains_with_pivrg_and_consmtl(data, tmp_path, single_thread, aggregator):
     tr, res = _train(config(data, "celeba", aggregator, epochs=1), tmp_path)
     assert len(res["metrics"]) == 40 and all(0 <= v <= 1 for v in res["metrics"].values())
     assert res["selection_split"] == "val" and res["selected_epoch"] == 1
@@ -92,7 +86,7 @@ def test_pivrg_is_fed_the_validation_drops_once_per_epoch(data, tmp_path):
     assert line["omega"] == pytest.approx(expected.tolist())
 
 
-def test_consmtl_lower_level_gives_each_head_the_gradient_of_eq_8(data, one_thread):
+def test_consmtl_lower_level_gives_each_head_the_gradient_of_eq_8(data, single_thread):
     cfg = config(data, "qm9", "consmtl")
     tr = SupervisedTrainer(cfg, data / "unused_run")
     batch = next(iter(tr.bench.loader("train", 8, shuffle=False)))

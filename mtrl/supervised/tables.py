@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import metrics as mtl_metrics
 from ..run_files import read_config, read_status
-from ..summary import (Problem, flatten_config, markdown_table, seed_order, variant_labels, write_csv, find_run_dirs,
+from ..summary import (Problem, column_sem, flatten_config, markdown_table, seed_order, variant_labels, write_csv, find_run_dirs,
                        problems_markdown, sem)
 from .benchmark import Metric
 from .registry import benchmark_metrics
@@ -108,7 +108,7 @@ class MethodRow:
 
     @property
     def sem(self) -> np.ndarray:
-        return np.array([sem(col) for col in self.values.T])
+        return column_sem(self.values)
 
     def _args(self, values) -> tuple:
         return (list(values), [m.baseline for m in self.metrics], [m.higher_is_better for m in self.metrics])
