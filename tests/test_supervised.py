@@ -174,3 +174,14 @@ def test_cli_trains_qm9_and_writes_results(data, tmp_path):
     assert '"delta_m"' in res.stdout
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["train"]["scheduler"]["name"] == "plateau" and cfg["aggregator_preset"] == "qm9"
+
+
+@pytest.mark.parametrize("bench", ["qm9", "celeba"])
+def test_every_aggregator_trains_both_benchmarks(data, tmp_path, single_thread, bench):
+    """One epoch of one batch per registry method (loss-only, Gram, direction and
+    performance-informed methods alike), all through aggregators.backward."""
+    for name in aggregators.available():
+        cfg = config(data, bench, name, epochs=1, max_batches=1)
+        tr, res = _train(cfg, tmp_path / name)
+        assert res["selected_epoch"] == 1 and all(map(lambda v: v == v, res["metrics"].values())), name
+        assert all(torch.isfinite(p).all() for p in tr.model.parameters()), name
