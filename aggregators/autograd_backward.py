@@ -98,6 +98,7 @@ class _Call:
     want_diagnostics: bool
     check: bool                           # run the NaN/inf checks (agg.check_inputs)
     retain_graph: bool                    # keep the graph after the last backward
+    batched: bool = True                  # per-task gradients from one batched backward
 
     def result(self, weights, norm, gram=None, cosines=None) -> BackwardResult:
         diagnostics = _diagnostics(gram, cosines) if self.want_diagnostics else None
@@ -108,7 +109,8 @@ class _Call:
 def backward(losses: Sequence[Tensor] | Mapping[str, Tensor], shared: nn.Module | Iterable[Tensor],
              aggregator: str | Aggregator, features: Tensor | Sequence[Tensor] | None = None, *,
              low_memory: bool = False, chunk_numel: int = 1 << 22, diagnostics: bool = False,
-             task_names: Sequence[str] | None = None, retain_graph: bool = False) -> BackwardResult:
+             task_names: Sequence[str] | None = None, retain_graph: bool = False,
+             per_task: str = "batched") -> BackwardResult:
     """Fill ``.grad`` with the aggregated update of k losses (see the module docstring).
 
     Args:
@@ -132,6 +134,11 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor], shared: nn.Module 
         task_names: names for a sequence of losses (default "0", "1", ...).
         retain_graph: keep the autograd graph for a further backward, as in
             ``Tensor.backward(retain_graph=True)``.
+        per_task: ``"batched"`` (default): the k per-task gradients from one batched
+            backward (``is_grads_batched``, i.e. vmap over the backward); ``"loop"``: one
+            backward per task.  Same gradients; the loop is faster where the model's
+            backward ops have no batching rules and vmap runs them task by task (measured:
+            the QM9 MPNN's GRU and NNConv on CPU, ``scripts/bench_supervised.py``).
 
     Bad input (non-scalar or non-finite losses, a loss reaching no shared parameter, a
     shared parameter no loss reaches, a task count the aggregator was not built for,
@@ -139,6 +146,8 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor], shared: nn.Module 
     ``.grad`` is written.  The NaN/inf checks synchronise with the GPU; they follow
     ``aggregator.check_inputs`` (set it False to skip them).
     """
+    if per_task not in ("batched", "loop"):
+        raise ValueError(f"per_task must be 'batched' or 'loop', got {per_task!r}")
     names, loss_list, loss_vec = _stack_losses(losses, task_names)
     agg = _resolve(aggregator, names, loss_vec.device)
     params, labels = _shared_parameters(shared)
@@ -148,7 +157,8 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor], shared: nn.Module 
     if not isinstance(chunk_numel, int) or chunk_numel < 1:
         raise ValueError(f"chunk_numel must be a positive int, got {chunk_numel!r}")
     others = _check_graph(loss_list, names, params, labels, feats)
-    call = _Call(names, loss_vec, agg, params, others, feats, diagnostics, agg.check_inputs, retain_graph)
+    call = _Call(names, loss_vec, agg, params, others, feats, diagnostics, agg.check_inputs, retain_graph,
+                 per_task == "batched")
     if not agg.requires_grads:
         return _loss_only(call, chunk_numel if low_memory else None)
     if feats:
@@ -163,7 +173,7 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor], shared: nn.Module 
 def _loss_only(call: _Call, chunk_numel: int | None) -> BackwardResult:
     """One backward of ``agg.loss(l)``: shared, other and method parameters (UW's
     log-variances) get their gradients from it."""
-    gram = _chunked_gram(call.losses, call.params, chunk_numel) if call.want_diagnostics else None
+    gram = _chunked_gram(call.losses, call.params, chunk_numel, call.batched) if call.want_diagnostics else None
     _check_finite(call, None if gram is None else gram.diagonal())
     with _unchecked(call.agg):
         total = call.agg.loss(call.losses)
@@ -194,7 +204,7 @@ def _full(call: _Call) -> BackwardResult:
 
 def _low_memory(call: _Call, chunk_numel: int) -> BackwardResult:
     """``M`` summed over parameter chunks, weights from it, one backward of sum_i w_i l_i."""
-    gram = _chunked_gram(call.losses, call.params, chunk_numel)
+    gram = _chunked_gram(call.losses, call.params, chunk_numel, call.batched)
     _check_finite(call, gram.diagonal())
     with _unchecked(call.agg):
         w = call.agg.gram_weights(gram, call.losses.detach())
@@ -234,7 +244,7 @@ def _task_matrix(call: _Call, inputs: list[Tensor]) -> tuple[Tensor, Tensor, Ten
     Gram-matrix method or the diagnostics need it."""
     agg = call.agg
     is_gram = isinstance(agg, GramWeighting)
-    G = _rows(_per_task(call.losses, inputs, create_graph=agg.needs_graph))
+    G = _rows(_per_task(call.losses, inputs, create_graph=agg.needs_graph, batched=call.batched))
     Gd = G.detach()
     gram = Gd @ Gd.T if is_gram or call.want_diagnostics else None
     _check_finite(call, gram.diagonal() if is_gram else _row_max(Gd))
@@ -263,20 +273,23 @@ def _aggregate(call: _Call, G: Tensor, gram: Tensor | None) -> tuple[Tensor | No
         return None, call.agg(G, call.losses.detach())
 
 
-def _per_task(losses: Tensor, inputs: list[Tensor], create_graph: bool = False) -> list[Tensor]:
-    """Row i of each result: ``d l_i / d input``, from one batched backward.
+def _per_task(losses: Tensor, inputs: list[Tensor], create_graph: bool = False, batched: bool = True) -> list[Tensor]:
+    """Row i of each result: ``d l_i / d input``, from one batched backward (``batched``),
+    else from one backward per task.
 
     Where an operation of the model has no batching rule (``vmap`` refuses it), falls
     back to one backward per task, with a warning."""
     k = losses.shape[0]
-    eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
-    try:
-        return list(torch.autograd.grad(losses, inputs, grad_outputs=eye, is_grads_batched=True,
-                                        retain_graph=True, create_graph=create_graph))
-    except RuntimeError as err:
-        warnings.warn(f"batched per-task backward failed ({err}); using one backward per task",
-                      RuntimeWarning, stacklevel=3)
-    rows = [torch.autograd.grad(losses[i], inputs, retain_graph=True, create_graph=create_graph)
+    if batched:
+        eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
+        try:
+            return list(torch.autograd.grad(losses, inputs, grad_outputs=eye, is_grads_batched=True,
+                                            retain_graph=True, create_graph=create_graph))
+        except RuntimeError as err:
+            warnings.warn(f"batched per-task backward failed ({err}); using one backward per task",
+                          RuntimeWarning, stacklevel=3)
+    rows = [torch.autograd.grad(losses[i], inputs, retain_graph=True, create_graph=create_graph,
+                                allow_unused=True, materialize_grads=True)
             for i in range(k)]
     return [torch.stack(per_input) for per_input in zip(*rows)]
 
@@ -296,11 +309,11 @@ def _chunks(params: list[Tensor], chunk_numel: int | None) -> list[list[Tensor]]
     return groups
 
 
-def _chunked_gram(losses: Tensor, params: list[Tensor], chunk_numel: int | None) -> Tensor:
+def _chunked_gram(losses: Tensor, params: list[Tensor], chunk_numel: int | None, batched: bool = True) -> Tensor:
     """``M = sum_c J_c J_c^T`` over parameter chunks (in the gradients' dtype)."""
     gram = None
     for chunk in _chunks(params, chunk_numel):
-        J = _rows(_per_task(losses, chunk))
+        J = _rows(_per_task(losses, chunk, batched=batched))
         part = J @ J.T
         gram = part if gram is None else gram + part.to(gram.dtype)
         del J  # free this chunk before the next one is computed

@@ -332,3 +332,21 @@ def test_retain_graph_keeps_the_graph_for_another_backward(name, mode):
     aggregators.backward(losses, net.trunk, "ls")
     with pytest.raises(RuntimeError):
         torch.stack(losses).sum().backward()
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "pivrg", "cosreg"])
+def test_loop_per_task_gradients_equal_the_batched_ones(name):
+    """per_task="loop" (one backward per task) writes the same gradients as the batched pass."""
+    grads = []
+    for mode in ("batched", "loop"):
+        torch.manual_seed(0)
+        trunk, heads = torch.nn.Linear(5, 4), torch.nn.ModuleList(torch.nn.Linear(4, 1) for _ in range(3))
+        x = torch.randn(8, 5)
+        z = torch.tanh(trunk(x))
+        losses = [h(z).pow(2).mean() for h in heads]
+        aggregators.backward(losses, trunk, aggregators.make(name, 3), per_task=mode)
+        grads.append(torch.cat([p.grad.flatten() for p in [*trunk.parameters(), *heads.parameters()]]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="per_task"):
+        aggregators.backward([torch.ones((), requires_grad=True)], [torch.ones(1, requires_grad=True)], "ls",
+                             per_task="vmap")

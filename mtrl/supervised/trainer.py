@@ -85,6 +85,9 @@ class SupervisedTrainer:
         self.max_batches = t.get("max_batches")
         self.log_every = int(t.get("log_every", 50))
         self.diagnostics_every = int(t.get("diagnostics_every", 0))
+        self.per_task = t.get("per_task_grads", "batched")
+        if self.per_task not in ("batched", "loop"):
+            raise ConfigError(f"train.per_task_grads must be batched or loop, got {self.per_task!r}")
         self.mode = cfg.get("mode", "param")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
@@ -159,11 +162,12 @@ class SupervisedTrainer:
             rep_grads = _batched_grad(losses, z, create_graph=True)
             head_grads = torch.autograd.grad(losses.sum(), self.model.task_parameters(), retain_graph=True)
             info = aggregators.backward(list(losses), shared, self.agg, features=z if self.mode == "rep" else None,
-                                        diagnostics=diag, task_names=names, retain_graph=True)
+                                        diagnostics=diag, task_names=names, retain_graph=True,
+                                        per_task=self.per_task)
             self._lower_level(rep_grads, head_grads)
         else:
             info = aggregators.backward(list(losses), shared, self.agg, features=z if self.mode == "rep" else None,
-                                        diagnostics=diag, task_names=names)
+                                        diagnostics=diag, task_names=names, per_task=self.per_task)
         self.optimizer.step()
         self.agg.after_step(losses.detach())
         self.last_outputs = [o.detach() for o in outputs]

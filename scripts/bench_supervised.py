@@ -1,0 +1,263 @@
+#!/usr/bin/env python
+"""Time one supervised training step per aggregator at QM9 (k = 11) and CelebA (k = 40) shapes.
+
+    python scripts/bench_supervised.py                                  # CPU defaults
+    python scripts/bench_supervised.py --device cuda --modes param,rep  # paper batch sizes
+    python scripts/bench_supervised.py --benchmarks celeba --aggregators pivrg,famo --repeats 5
+
+A step is ``SupervisedTrainer.train_step`` itself (forward, ``aggregators.backward``,
+ConsMTL's lower level, optimiser step) on a fixed synthetic batch of the benchmark's
+shapes, with the benchmark's own model and losses; no data set is read.
+
+* QM9: random molecules of 12-24 atoms (18 on average, as in QM9) as complete directed
+  graphs with 11-dim node and 5-dim edge features, built by the benchmark's own
+  transforms; MPNN with hidden size 64 (``--qm9-batch`` molecules, the papers' 120).
+* CelebA: random 64 x 64 images and 0/1 labels for the 40 attributes; the 9-layer CNN
+  (``--celeba-batch`` images, the papers' 256).
+
+On a CPU the defaults are far smaller batches (QM9 4 molecules, CelebA 2 images), 1
+warm-up step and 3 repeats, so that the run takes minutes: a parameter-level step costs
+about k backward passes, and the MPNN's edge network alone is tens of GFLOP per
+backward at batch 120.  The ratios grow with the batch, so CPU ratios understate those
+at the papers' shapes.
+
+For each benchmark and mode (``param``: aggregate the shared-parameter gradients;
+``rep``: the representation gradients) every aggregator gets a trainer, warm-up steps,
+then the methods take turns, one timed step each per repeat, so that drifts of a shared
+machine hit all of them alike.  The table gives the median ms/step and its ratio to
+linear scalarisation (``ls``, one ordinary backward) of the same benchmark and mode,
+measured in this run.  ``--reference`` adds rows for the reference approach: the k
+per-task gradients from k separate backward passes instead of one batched pass, then the
+same aggregation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import aggregators  # noqa: E402
+from mtrl.supervised.celeba import ATTRIBUTES, CelebABenchmark  # noqa: E402
+from mtrl.supervised.qm9 import DEFAULT_TARGETS, NODE_FEATURES, TARGET_NAMES, CompleteGraph, QM9Benchmark  # noqa: E402
+from mtrl.supervised.trainer import MODES, SupervisedTrainer  # noqa: E402
+
+AGGREGATORS = ("ls", "pivrg", "consmtl", "nash_mtl", "fairgrad", "cagrad", "pcgrad", "famo", "mgda", "aligned_mtl")
+BENCHMARKS = ("qm9", "celeba")
+PAPER_BATCH = {"qm9": 120, "celeba": 256}
+CPU_BATCH = {"qm9": 4, "celeba": 2}
+QUICK = {"qm9_batch": 4, "qm9_atoms": (4, 8), "qm9_hidden": 16, "celeba_batch": 2, "image_size": 16,
+         "repeats": 1, "warmup": 1}
+
+
+class SyntheticQM9(QM9Benchmark):
+    """QM9's tasks, MPNN and losses without the data set: what a train step reads."""
+
+    def __init__(self, hidden: int = 64):
+        self.hidden, self.targets = hidden, list(DEFAULT_TARGETS)
+        self.tasks = [TARGET_NAMES[t] for t in self.targets]
+
+
+class SyntheticCelebA(CelebABenchmark):
+    """CelebA's 40 tasks, CNN and losses without the data set: what a train step reads."""
+
+    def __init__(self, image_size: int = 64):
+        self.image_size, self.tasks = image_size, list(ATTRIBUTES)
+
+
+def qm9_batch(num_molecules: int, atoms: tuple[int, int] = (12, 24), seed: int = 0):
+    """A PyG batch of random molecules (``atoms`` = min, max atom count) in the layout the
+    QM9 benchmark feeds its MPNN: complete graphs whose edge attributes are the bond
+    one-hot of a random chain of bonds and the interatomic distance, z-scored targets."""
+    import torch_geometric.transforms as T
+    from torch_geometric.data import Batch, Data
+
+    g = torch.Generator().manual_seed(seed)
+    to_complete = T.Compose([CompleteGraph(), T.Distance(norm=False)])
+    k = len(DEFAULT_TARGETS)
+    molecules = []
+    for _ in range(num_molecules):
+        n = int(torch.randint(atoms[0], atoms[1] + 1, (1,), generator=g))
+        kind = torch.randint(0, 5, (n,), generator=g)
+        x = torch.cat([F.one_hot(kind, 5).float(), torch.rand(n, NODE_FEATURES - 5, generator=g)], dim=1)
+        chain = torch.arange(n - 1)
+        edge_index = torch.cat([torch.stack([chain, chain + 1]), torch.stack([chain + 1, chain])], dim=1)
+        bond = F.one_hot(torch.randint(0, 4, (n - 1,), generator=g), 4).float()
+        data = Data(x=x, edge_index=edge_index, edge_attr=torch.cat([bond, bond]),
+                    pos=1.5 * torch.randn(n, 3, generator=g), y=torch.randn(1, k, generator=g))
+        molecules.append(to_complete(data))
+    return Batch.from_data_list(molecules)
+
+
+def celeba_batch(batch_size: int, image_size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (B, 3, S, S) in [0, 1], attributes (B, 40) in {0, 1}), random."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(batch_size, 3, image_size, image_size, generator=g),
+            torch.randint(0, 2, (batch_size, len(ATTRIBUTES)), generator=g).float())
+
+
+class Entry:
+    """One row: a trainer, its batch, whether it uses the reference per-task gradients,
+    and the seconds of its timed steps."""
+
+    def __init__(self, aggregator: str, reference: bool, trainer: SupervisedTrainer, batch):
+        self.aggregator, self.reference, self.trainer, self.batch = aggregator, reference, trainer, batch
+        self.times: list[float] = []
+
+    def step(self, sync) -> float:
+        """Seconds for one ``train_step`` (device work included)."""
+        sync()
+        t0 = time.perf_counter()
+        self.trainer.train_step(self.batch)
+        sync()
+        return time.perf_counter() - t0
+
+
+def build_entries(bench, batch, mode: str, args, run_root: str) -> list[Entry]:
+    """One trainer per aggregator (two for those in ``args.reference``), all on ``batch``,
+    with the aggregator's hyper-parameters for this benchmark (``aggregator_preset``)."""
+    entries = []
+    for name in args.aggregators:
+        for reference in (False, True) if name in args.reference else (False,):
+            cfg = {"seed": 0, "device": args.device, "mode": mode, "aggregator": {"name": name},
+                   "aggregator_preset": bench.name, "benchmark": {"name": bench.name},
+                   "train": {"epochs": 1, "batch_size": args.batch_of[bench.name], "lr": 1e-4,
+                             "diagnostics_every": 0, "per_task_grads": "loop" if reference else "batched"}}
+            run_dir = os.path.join(run_root, f"{bench.name}-{mode}-{name}{'-ref' if reference else ''}")
+            trainer = SupervisedTrainer(cfg, run_dir, benchmark=bench)
+            entries.append(Entry(name, reference, trainer, bench.to_device(batch, trainer.device)))
+    return entries
+
+
+def time_group(entries: list[Entry], args, sync) -> None:
+    """Warm-up steps for each, then ``repeats`` rounds in which every entry takes one timed step."""
+    for e in entries:
+        for _ in range(args.warmup):
+            e.step(sync)
+    for _ in range(args.repeats):
+        for e in entries:
+            e.times.append(e.step(sync))
+
+
+def grads_label(entry: Entry, mode: str) -> str:
+    """How the row's step gets its per-task gradients."""
+    if not entry.trainer.agg.requires_grads:
+        return "none: one backward"
+    level = "z" if mode == "rep" else "shared params"
+    return f"{'k backward passes' if entry.reference else 'one batched pass'} ({level})"
+
+
+def paper_note(name: str, args) -> str:
+    """'' at the papers' batch size, else a reminder of it."""
+    return "" if args.batch_of[name] == PAPER_BATCH[name] else f" (the papers' batch: {PAPER_BATCH[name]})"
+
+
+def comma_list(choices):
+    def parse(text: str) -> list[str]:
+        items = [s for s in text.split(",") if s]
+        unknown = [s for s in items if s not in choices]
+        if unknown or not items:
+            raise argparse.ArgumentTypeError(f"{text!r}: choose a comma-separated list from {', '.join(choices)}")
+        return items
+    return parse
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--benchmarks", type=comma_list(BENCHMARKS), default=list(BENCHMARKS),
+                    help="comma-separated (default qm9,celeba)")
+    ap.add_argument("--aggregators", type=comma_list(aggregators.available()), default=list(AGGREGATORS),
+                    help=f"comma-separated registry names (default {','.join(AGGREGATORS)}); ls is always "
+                         "timed too, as the ratios' baseline")
+    ap.add_argument("--modes", type=comma_list(MODES), default=["param"], help="param and/or rep (default param)")
+    ap.add_argument("--reference", type=comma_list(aggregators.available()), default=["pivrg"],
+                    help="aggregators (those among --aggregators) that also get a row with one backward "
+                         "pass per task (default pivrg)")
+    ap.add_argument("--no-reference", action="store_true", help="no one-backward-per-task rows")
+    ap.add_argument("--qm9-batch", type=int, default=None, help="molecules per batch (default 120; 4 on CPU)")
+    ap.add_argument("--celeba-batch", type=int, default=None, help="images per batch (default 256; 2 on CPU)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed steps per method (default 5; 3 on CPU)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps per method first (default 2; 1 on CPU)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny shapes (QM9 4 molecules of 4-8 atoms, hidden 16; CelebA 2 images of 16 x 16), 1 repeat")
+    args = ap.parse_args(argv)
+    for name in ("qm9_batch", "celeba_batch", "repeats", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.warmup is not None and args.warmup < 0:
+        ap.error(f"--warmup must be >= 0, got {args.warmup}")
+    gpu = args.device.startswith("cuda")
+    if gpu and not torch.cuda.is_available():
+        ap.error("--device cuda but no CUDA device is available; use --device cpu")
+    quick = QUICK if args.quick else {}
+    args.batch_of = {name: getattr(args, f"{name}_batch") or quick.get(f"{name}_batch") or
+                     (PAPER_BATCH[name] if gpu else CPU_BATCH[name]) for name in BENCHMARKS}
+    args.repeats = args.repeats or quick.get("repeats") or (5 if gpu else 3)
+    args.warmup = args.warmup if args.warmup is not None else quick.get("warmup", 2 if gpu else 1)
+    args.qm9_atoms = quick.get("qm9_atoms", (12, 24))
+    args.qm9_hidden = quick.get("qm9_hidden", 64)
+    args.image_size = quick.get("image_size", 64)
+    args.aggregators = ["ls"] + [a for a in dict.fromkeys(args.aggregators) if a != "ls"]
+    args.reference = [] if args.no_reference else [a for a in args.reference if a in args.aggregators]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        print_table(args)
+    finally:
+        torch.set_num_threads(threads)
+    return 0
+
+
+def print_table(args: argparse.Namespace) -> None:
+    """Build the synthetic batches, time every group (benchmark, mode) and print the table."""
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    print(f"device={args.device} threads={torch.get_num_threads()} median of {args.repeats} interleaved steps "
+          f"per method after {args.warmup} warm-up step(s); ratios to ls of the same benchmark and mode, this run")
+    setups = {}
+    if "qm9" in args.benchmarks:
+        batch = qm9_batch(args.batch_of["qm9"], args.qm9_atoms)
+        setups["qm9"] = (SyntheticQM9(args.qm9_hidden), batch)
+        print(f"qm9: k=11, batch {batch.num_graphs} molecules of {args.qm9_atoms[0]}-{args.qm9_atoms[1]} atoms "
+              f"({batch.num_nodes} atoms, {batch.num_edges} directed edges), MPNN hidden {args.qm9_hidden}"
+              f"{paper_note('qm9', args)}")
+    if "celeba" in args.benchmarks:
+        setups["celeba"] = (SyntheticCelebA(args.image_size), celeba_batch(args.batch_of["celeba"], args.image_size))
+        print(f"celeba: k=40, batch {args.batch_of['celeba']} images of {args.image_size} x {args.image_size}, "
+              f"9-layer CNN{paper_note('celeba', args)}")
+    print()
+    print("| benchmark | mode | aggregator | per-task gradients | ms/step | x ls |")
+    print("|---|---|---|---|---:|---:|")
+    with tempfile.TemporaryDirectory() as run_root:
+        for bench_name, (bench, batch) in setups.items():
+            for mode in args.modes:
+                entries = build_entries(bench, batch, mode, args, run_root)
+                try:
+                    time_group(entries, args, sync)
+                finally:
+                    for e in entries:
+                        e.trainer.close()
+                base = statistics.median(entries[0].times)
+                for e in entries:
+                    t = statistics.median(e.times)
+                    print(f"| {bench_name} | {mode} | {e.aggregator} | {grads_label(e, mode)} | "
+                          f"{t * 1e3:.1f} | {t / base:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

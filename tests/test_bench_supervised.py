@@ -1,0 +1,42 @@
+"""scripts/bench_supervised.py: one timed training step per aggregator, ratios to LS."""
+
+import importlib.util
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AGGREGATORS = ("ls", "pivrg", "consmtl", "nash_mtl", "fairgrad", "cagrad", "pcgrad", "famo", "mgda", "aligned_mtl")
+
+
+def _bench():
+    path = os.path.join(ROOT, "scripts", "bench_supervised.py")
+    spec = importlib.util.spec_from_file_location("bench_supervised", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rows(out: str) -> list[list[str]]:
+    """The table's body rows as cells (benchmark, mode, aggregator, gradients, ms, ratio)."""
+    lines = [l for l in out.splitlines() if l.startswith("| ") and not l.startswith("| benchmark")]
+    return [[c.strip() for c in l.strip("|").split("|")] for l in lines]
+
+
+def test_quick_run_times_every_aggregator_relative_to_ls(capsys):
+    bench = _bench()
+    # one thread: two spin-waiting threads on a busy 2-core machine make the tiny steps ~20x slower
+    assert bench.main(["--quick", "--threads", "1", "--benchmarks", "qm9", "--modes", "param,rep"]) == 0
+    assert bench.main(["--quick", "--threads", "1", "--benchmarks", "celeba", "--modes", "rep",
+                       "--aggregators", "pivrg", "--warmup", "0"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    groups = {(r[0], r[1]) for r in rows}
+    assert groups == {("qm9", "param"), ("qm9", "rep"), ("celeba", "rep")}
+    for group in groups:
+        mine = [r for r in rows if (r[0], r[1]) == group]
+        plain = [r for r in mine if "k backward passes" not in r[3]]
+        expected = AGGREGATORS if group[0] == "qm9" else ("ls", "pivrg")
+        assert [r[2] for r in plain] == list(expected)
+        assert [r[2] for r in mine if "k backward passes" in r[3]] == ["pivrg"]   # the reference row
+        assert mine[0][2] == "ls" and mine[0][5] == "1.00"
+        for r in mine:
+            ms, ratio = float(r[4]), float(r[5])
+            assert ms > 0 and ratio > 0
