@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 import aggregators as aggregator_registry
-from aggregators import Aggregator
+from aggregators import Aggregator, needs_after_step
 from mtrl.per_task_grads import UpdateInfo, aggregated_backward, per_task_losses
 
 from .networks import KINDS, Actor, Critic, actor_sample, critic_forward, squashed_gaussian
@@ -81,15 +81,6 @@ def temperature_loss(shared: dict, task: dict, entropy_gap: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------
-def needs_after_step(agg: Aggregator) -> bool:
-    """True when the aggregator (or the method a PI-X wrapper wraps) overrides ``after_step``
-    (FAMO): only then does the agent recompute the losses after the step."""
-    base = getattr(agg, "base", None)
-    if isinstance(base, Aggregator):
-        return needs_after_step(base)
-    return type(agg).after_step is not Aggregator.after_step
-
-
 def make_aggregators(method: str, num_tasks: int, components: tuple[str, ...] = COMPONENTS,
                      fallback: str = "ls", **hparams) -> dict[str, Aggregator]:
     """One aggregator per component: ``method`` (with ``hparams``) for ``components`` and

@@ -17,7 +17,7 @@ import pkgutil
 
 from . import diagnostics
 from .autograd_backward import BackwardResult, backward
-from .base import Aggregator, GramWeighting, LossWeighting, gram_matrix
+from .base import Aggregator, GramWeighting, LossWeighting, gram_matrix, needs_after_step
 from .performance import PerformanceInformed, performance_weights
 from .registry import available, hyperparameters, make, register
 from .presets import preset
@@ -40,6 +40,7 @@ __all__ = [
     "gram_matrix",
     "hyperparameters",
     "make",
+    "needs_after_step",
     "performance_weights",
     "preset",
     "register",

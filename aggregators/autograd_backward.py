@@ -551,6 +551,14 @@ def _check_graph(loss_list: list[Tensor], names: tuple[str, ...], params: list[T
         for j in range(len(feats)):
             if not used >> j & 1:
                 raise ValueError(f"features[{j}] is used by no loss; pass only the representations the heads read")
+        for j, f in enumerate(feats):
+            others = {fn: bits for fn, bits in stops.items() if fn is not f.grad_fn}
+            (mask,), below = _reach([f.grad_fn], shared_ids, others)
+            if mask >> 1:
+                nested = [i for i in range(len(feats)) if mask >> (i + 1) & 1]
+                raise ValueError(f"features[{j}] is computed from features{nested}: a loss would be counted "
+                                 "once per path; pass only representations that do not depend on each other")
+            leaves.update(below)
         leaves.update(_reach([f.grad_fn for f in feats], shared_ids, {})[1])
     missing = [label for q, label in zip(params, labels) if id(q) not in leaves]
     if missing:

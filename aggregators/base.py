@@ -147,6 +147,16 @@ class Aggregator(nn.Module):
         return f"num_tasks={self.num_tasks}"
 
 
+def needs_after_step(agg: Aggregator) -> bool:
+    """True when the aggregator (or the method a PI-X wrapper wraps) overrides ``after_step``
+    (FAMO): only then must a training loop compute the losses again after the optimiser
+    step (same batch, updated parameters) and pass them to ``after_step``."""
+    base = getattr(agg, "base", None)
+    if isinstance(base, Aggregator):
+        return needs_after_step(base)
+    return type(agg).after_step is not Aggregator.after_step
+
+
 class GramWeighting(Aggregator):
     """``d = sum_i w_i g_i`` with weights computed from the Gram matrix only.
 

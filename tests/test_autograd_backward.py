@@ -350,3 +350,14 @@ def test_loop_per_task_gradients_equal_the_batched_ones(name):
     with pytest.raises(ValueError, match="per_task"):
         aggregators.backward([torch.ones((), requires_grad=True)], [torch.ones(1, requires_grad=True)], "ls",
                              per_task="vmap")
+
+
+def test_nested_features_are_refused():
+    """A feature computed from another would be counted once per path."""
+    trunk = torch.nn.Linear(3, 3)
+    z1 = trunk(torch.randn(4, 3))
+    z2 = torch.tanh(z1)
+    losses = [z1.pow(2).mean(), z2.pow(2).mean()]
+    with pytest.raises(ValueError, match="computed from features"):
+        aggregators.backward(losses, trunk, "graddrop", features=[z1, z2])
+    assert trunk.weight.grad is None

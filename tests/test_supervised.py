@@ -185,3 +185,16 @@ def test_every_aggregator_trains_both_benchmarks(data, tmp_path, single_thread, 
         tr, res = _train(cfg, tmp_path / name)
         assert res["selected_epoch"] == 1 and all(map(lambda v: v == v, res["metrics"].values())), name
         assert all(torch.isfinite(p).all() for p in tr.model.parameters()), name
+
+
+def test_famo_learns_its_weights_from_the_losses_after_each_step(data, tmp_path):
+    """FAMO's after_step gets the updated model's losses on the same batch, so its task
+    logits move (with the step's own losses the change in log-loss would be 0)."""
+    tr = SupervisedTrainer(config(data, "qm9", "famo", epochs=1), tmp_path)
+    before = tr.agg.logits.clone()
+    batch = tr.bench.to_device(next(iter(tr.bench.loader("train", 8, shuffle=False))), tr.device)
+    tr.train_step(batch)
+    assert not torch.equal(tr.agg.logits, before)
+    tr.train_step(batch)
+    assert tr.agg.weights.max() - tr.agg.weights.min() > 1e-6  # no longer uniform
+    tr.close()

@@ -104,6 +104,7 @@ class SupervisedTrainer:
         preset = cfg.get("aggregator_preset")
         self.agg = build_aggregator(cfg["aggregator"], k, preset).to(self.device)
         self.lower_level = isinstance(self.agg, ConsMTL)
+        self.after_step = aggregators.needs_after_step(self.agg)
         if self.lower_level and len(self.model.heads) != k:
             raise ConfigError(f"ConsMTL's lower level needs one head per task ({k}), the model has {len(self.model.heads)}")
         params = list(self.model.parameters()) + [p for p in self.agg.parameters() if p.requires_grad]
@@ -169,7 +170,9 @@ class SupervisedTrainer:
             info = aggregators.backward(list(losses), shared, self.agg, features=z if self.mode == "rep" else None,
                                         diagnostics=diag, task_names=names, per_task=self.per_task)
         self.optimizer.step()
-        self.agg.after_step(losses.detach())
+        if self.after_step:  # FAMO: the losses of the updated model on the same batch
+            with torch.no_grad():
+                self.agg.after_step(self.bench.task_losses(self.model(self.bench.inputs(batch)), batch))
         self.last_outputs = [o.detach() for o in outputs]
         return info
 
