@@ -30,11 +30,18 @@ _FLOOR = 5e-6
 LOSS_SHIFT = 21.0
 
 
+def _positive_part(t: Tensor) -> Tensor:
+    """``max(t, 0)`` with gradient 1 at ``t = 0``: the references' ``clamp(t, min=0)`` under
+    the torch versions they used.  Torch 2.15 gives clamp a zero gradient at the boundary,
+    which would freeze a run started on ``x2 = 0`` (the figures' start point (0, 0))."""
+    return torch.where(t >= 0, t, torch.zeros_like(t))
+
+
 def toy_losses(x: Tensor, scale: float = 1.0) -> Tensor:
     """The two losses at ``x`` (..., 2) -> (..., 2); differentiable."""
     x1, x2 = x[..., 0], x[..., 1]
-    c1 = torch.clamp(torch.tanh(0.5 * x2), min=0)
-    c2 = torch.clamp(torch.tanh(-0.5 * x2), min=0)
+    c1 = _positive_part(torch.tanh(0.5 * x2))
+    c2 = _positive_part(torch.tanh(-0.5 * x2))
     f1 = torch.log(torch.clamp((0.5 * (-x1 - 7) - torch.tanh(-x2)).abs(), min=_FLOOR)) + 6
     f2 = torch.log(torch.clamp((0.5 * (-x1 + 3) + torch.tanh(-x2) + 2).abs(), min=_FLOOR)) + 6
     g1 = ((-x1 + 7) ** 2 + 0.1 * (-x2 - 8) ** 2) / 10 - 20
