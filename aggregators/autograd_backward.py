@@ -558,8 +558,7 @@ def _check_graph(loss_list: list[Tensor], names: tuple[str, ...], params: list[T
                 nested = [i for i in range(len(feats)) if mask >> (i + 1) & 1]
                 raise ValueError(f"features[{j}] is computed from features{nested}: a loss would be counted "
                                  "once per path; pass only representations that do not depend on each other")
-            leaves.update(below)
-        leaves.update(_reach([f.grad_fn for f in feats], shared_ids, {})[1])
+            leaves.update(below)  # no other feature below f (checked): its whole subtree
     missing = [label for q, label in zip(params, labels) if id(q) not in leaves]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")

@@ -66,4 +66,3 @@ class RunLogger:
     def close(self) -> None:
         self.tb.flush()
         self.tb.close()
-
