@@ -64,3 +64,10 @@ def read_status(run_dir: str | os.PathLike) -> dict | None:
     except (OSError, ValueError):
         return None
     return status if isinstance(status, dict) else None
+
+
+def run_is_finished(run_dir: str | os.PathLike, steps: int) -> bool:
+    """True when ``run_dir`` holds a run that completed ``steps`` (training steps or epochs):
+    its ``status.json``, written after the final checkpoint, says so.  Sweeps skip such runs."""
+    status = read_status(run_dir)
+    return status is not None and status.get("state") == "finished" and int(status.get("step", -1)) >= int(steps)

@@ -30,7 +30,6 @@ from .checkpoint import CheckpointError, load, save_atomic
 from .configuration import ConfigError, build_aggregator, resolve_device
 from .evaluation import evaluate, success_drops
 from .metrics_log import RunLogger
-from .run_files import read_status
 from .replay import ReplayBuffer
 
 CHECKPOINT_FORMAT = 1
@@ -355,13 +354,6 @@ class Trainer:
         self.log.close()
         self.env.close()
         self.eval_env.close()
-
-
-def run_is_finished(run_dir: str | Path, steps: int) -> bool:
-    """True when ``run_dir`` holds a run that completed ``steps`` training steps (its
-    ``status.json``, written after the final checkpoint, says so): sweeps skip such runs."""
-    status = read_status(run_dir)
-    return status is not None and status.get("state") == "finished" and int(status.get("step", -1)) >= int(steps)
 
 
 def format_success_table(record: dict, best: float | None = None) -> str:

@@ -67,8 +67,8 @@ def main() -> None:
         from hydra.types import RunMode
 
         from mtrl.checkpoint import CheckpointError
-        from mtrl.run_files import write_status
-        from mtrl.trainer import ConfigError, NonFiniteError, Trainer, format_success_table, run_is_finished
+        from mtrl.run_files import run_is_finished, write_status
+        from mtrl.trainer import ConfigError, NonFiniteError, Trainer, format_success_table
 
         hc = HydraConfig.get()
         run_dir = hc.runtime.output_dir

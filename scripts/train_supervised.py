@@ -37,7 +37,7 @@ def main() -> None:
         from mtrl.checkpoint import CheckpointError
         from mtrl.configuration import ConfigError
         from mtrl.supervised.trainer import SupervisedTrainer
-        from mtrl.trainer import run_is_finished
+        from mtrl.run_files import run_is_finished
 
         hc = HydraConfig.get()
         run_dir = hc.runtime.output_dir

@@ -41,6 +41,7 @@ from .. import metrics as mtl_metrics
 from ..checkpoint import CheckpointError, load, save_atomic
 from ..configuration import ConfigError, build_aggregator, resolve_device
 from ..metrics_log import RunLogger
+from ..run_files import write_json_atomic
 from .benchmark import Benchmark, DatasetNotFound
 
 CHECKPOINT_FORMAT = 1
@@ -63,11 +64,24 @@ def build_benchmark(cfg: dict) -> Benchmark:
         raise ConfigError(f"benchmark {name}: {exc}") from None
 
 
+def delta_m_report(values: dict[str, float], bench: Benchmark) -> dict:
+    """Metric values against the benchmark's single-task baselines (``mtrl.metrics``): dm%,
+    per-task dm_i, Var[dm_i], the variance over the per-metric drops (what PIVRG's tables
+    print; equal to Var[dm_i] when each task has one metric) and the task-weighted dm."""
+    args = ([values[m.name] for m in bench.metrics], [m.baseline for m in bench.metrics],
+            [m.higher_is_better for m in bench.metrics])
+    tasks = [m.task for m in bench.metrics]
+    dm_i = mtl_metrics.delta_m_per_task(*args, tasks)
+    return {"delta_m": mtl_metrics.delta_m(*args), "delta_m_i": dm_i,
+            "delta_m_var": mtl_metrics.delta_m_variance(dm_i),
+            "delta_m_var_metrics": mtl_metrics.delta_m_variance(mtl_metrics.per_metric_delta(*args)),
+            "task_weighted_delta_m": mtl_metrics.task_weighted_delta_m(*args, tasks)}
+
+
 def selection_score(values: dict[str, float], bench: Benchmark) -> tuple[float, dict[str, float]]:
     """(dm%, per-task dm_i) of metric values against the benchmark's baselines."""
-    names = [m.name for m in bench.metrics]
-    args = ([values[n] for n in names], [m.baseline for m in bench.metrics], [m.higher_is_better for m in bench.metrics])
-    return mtl_metrics.delta_m(*args), mtl_metrics.delta_m_per_task(*args, [m.task for m in bench.metrics])
+    report = delta_m_report(values, bench)
+    return report["delta_m"], report["delta_m_i"]
 
 
 class SupervisedTrainer:
@@ -266,8 +280,6 @@ class SupervisedTrainer:
             print(f"epoch {self.epoch}: {sel} dm% {dm:+.2f}" + (f", test dm% {record['test_delta_m']:+.2f}"
                                                               if "test" in record else ""))
         results = self.results()
-        from ..run_files import write_json_atomic
-
         write_json_atomic(self.run_dir / "results.json", results)
         self.log.save_status("finished", self.epoch)
         return results
@@ -276,18 +288,9 @@ class SupervisedTrainer:
         """The papers' numbers: test metrics at the epoch with the best selection dm%,
         dm%, per-task dm_i, their variance and the task-weighted dm."""
         test = self.best["test"] if self.best["test"] is not None else self.best["selection"]
-        names = [m.name for m in self.bench.metrics]
-        args = ([test[n] for n in names], [m.baseline for m in self.bench.metrics],
-                [m.higher_is_better for m in self.bench.metrics])
-        dm_i = mtl_metrics.delta_m_per_task(*args, [m.task for m in self.bench.metrics])
         return {"benchmark": self.bench.name, "aggregator": self.cfg["aggregator"]["name"], "mode": self.mode,
                 "seed": self.seed, "selected_epoch": self.best["epoch"], "selection_split": self.bench.selection_split,
-                "metrics": test, "delta_m": mtl_metrics.delta_m(*args), "delta_m_i": dm_i,
-                "delta_m_var": mtl_metrics.delta_m_variance(dm_i),
-                # PIVRG's tables print the variance over the per-metric drops (the same as the
-                # above when each task has one metric)
-                "delta_m_var_metrics": mtl_metrics.delta_m_variance(mtl_metrics.per_metric_delta(*args)),
-                "task_weighted_delta_m": mtl_metrics.task_weighted_delta_m(*args, [m.task for m in self.bench.metrics])}
+                "metrics": test, **delta_m_report(test, self.bench)}
 
     def close(self) -> None:
         self.log.close()
