@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""Time one supervised training step per aggregator at QM9 (k = 11) and CelebA (k = 40) shapes.
+"""Time one supervised training step per aggregator at QM9 (k = 11), CelebA (k = 40),
+NYU-v2 (k = 3) and Cityscapes (k = 2) shapes.
 
     python scripts/bench_supervised.py                                  # CPU defaults
     python scripts/bench_supervised.py --device cuda --modes param,rep  # paper batch sizes
     python scripts/bench_supervised.py --benchmarks celeba --aggregators pivrg,famo --repeats 5
+    python scripts/bench_supervised.py --benchmarks nyuv2 --aggregators pivrg,nash_mtl,consmtl
 
 A step is ``SupervisedTrainer.train_step`` itself (forward, ``aggregators.backward``,
 ConsMTL's lower level, optimiser step) on a fixed synthetic batch of the benchmark's
@@ -14,8 +16,12 @@ shapes, with the benchmark's own model and losses; no data set is read.
   transforms; MPNN with hidden size 64 (``--qm9-batch`` molecules, the papers' 120).
 * CelebA: random 64 x 64 images and 0/1 labels for the 40 attributes; the 9-layer CNN
   (``--celeba-batch`` images, the papers' 256).
+* NYU-v2 / Cityscapes: random images and targets of 288 x 384 / 128 x 256 written in the
+  MTAN .npy layout and read by the benchmark's own loader; SegNet-MTAN (44.2M parameters;
+  ``--nyuv2-batch`` / ``--cityscapes-batch``, the papers' 2 / 8).
 
-On a CPU the defaults are far smaller batches (QM9 4 molecules, CelebA 2 images), 1
+On a CPU the defaults are far smaller batches (QM9 4 molecules, CelebA 2 images,
+NYU-v2 1 image, Cityscapes 2 images), 1
 warm-up step and 3 repeats, so that the run takes minutes: a parameter-level step costs
 about k backward passes, and the MPNN's edge network alone is tens of GFLOP per
 backward at batch 120.  The ratios grow with the batch, so CPU ratios understate those
@@ -50,10 +56,15 @@ from mtrl.supervised.qm9 import DEFAULT_TARGETS, NODE_FEATURES, TARGET_NAMES, Co
 from mtrl.supervised.trainer import MODES, SupervisedTrainer  # noqa: E402
 
 AGGREGATORS = ("ls", "pivrg", "consmtl", "nash_mtl", "fairgrad", "cagrad", "pcgrad", "famo", "mgda", "aligned_mtl")
-BENCHMARKS = ("qm9", "celeba")
-PAPER_BATCH = {"qm9": 120, "celeba": 256}
-CPU_BATCH = {"qm9": 4, "celeba": 2}
+BENCHMARKS = ("qm9", "celeba", "nyuv2", "cityscapes")
+PAPER_BATCH = {"qm9": 120, "celeba": 256, "nyuv2": 2, "cityscapes": 8}
+CPU_BATCH = {"qm9": 4, "celeba": 2, "nyuv2": 1, "cityscapes": 2}
+SCENE = {"nyuv2": ("mtrl.supervised.nyuv2:NYUv2Benchmark", {"segmentation": "label", "depth": "depth",
+                                                            "normal": "normal"}, 13, (288, 384)),
+         "cityscapes": ("mtrl.supervised.cityscapes:CityscapesBenchmark", {"segmentation": "label_7",
+                                                                           "depth": "depth"}, 7, (128, 256))}
 QUICK = {"qm9_batch": 4, "qm9_atoms": (4, 8), "qm9_hidden": 16, "celeba_batch": 2, "image_size": 16,
+         "nyuv2_batch": 1, "cityscapes_batch": 2, "scene_size": (32, 64), "scene_filters": (4, 8, 8, 16, 16),
          "repeats": 1, "warmup": 1}
 
 
@@ -101,6 +112,21 @@ def celeba_batch(batch_size: int, image_size: int = 64, seed: int = 0) -> tuple[
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(batch_size, 3, image_size, image_size, generator=g),
             torch.randint(0, 2, (batch_size, len(ATTRIBUTES)), generator=g).float())
+
+
+def scene_setup(name: str, batch_size: int, size, filters, data_root: str):
+    """The benchmark built on random data written in its real .npy layout, and one batch."""
+    import importlib
+
+    from mtrl.supervised.mtan_scene import write_scene
+    from mtrl.supervised.segnet_mtan import FILTERS
+
+    target, folders, classes, default = SCENE[name]
+    shape = tuple(size or default)
+    root = write_scene(os.path.join(data_root, name), folders, classes, {"train": batch_size, "val": 1}, shape)
+    module, cls = target.split(":")
+    bench = getattr(importlib.import_module(module), cls)(root, filters=list(filters or FILTERS))
+    return bench, next(iter(bench.loader("train", batch_size, shuffle=False))), shape
 
 
 class Entry:
@@ -172,7 +198,7 @@ def comma_list(choices):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--benchmarks", type=comma_list(BENCHMARKS), default=list(BENCHMARKS),
-                    help="comma-separated (default qm9,celeba)")
+                    help="comma-separated (default: all four)")
     ap.add_argument("--aggregators", type=comma_list(aggregators.available()), default=list(AGGREGATORS),
                     help=f"comma-separated registry names (default {','.join(AGGREGATORS)}); ls is always "
                          "timed too, as the ratios' baseline")
@@ -183,14 +209,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-reference", action="store_true", help="no one-backward-per-task rows")
     ap.add_argument("--qm9-batch", type=int, default=None, help="molecules per batch (default 120; 4 on CPU)")
     ap.add_argument("--celeba-batch", type=int, default=None, help="images per batch (default 256; 2 on CPU)")
+    ap.add_argument("--nyuv2-batch", type=int, default=None, help="images per batch (default 2; 1 on CPU)")
+    ap.add_argument("--cityscapes-batch", type=int, default=None, help="images per batch (default 8; 2 on CPU)")
     ap.add_argument("--repeats", type=int, default=None, help="timed steps per method (default 5; 3 on CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps per method first (default 2; 1 on CPU)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--quick", action="store_true",
-                    help="tiny shapes (QM9 4 molecules of 4-8 atoms, hidden 16; CelebA 2 images of 16 x 16), 1 repeat")
+                    help="tiny shapes (QM9 4 molecules of 4-8 atoms, hidden 16; CelebA 2 images of 16 x 16; "
+                         "NYU-v2 / Cityscapes 32 x 64 with a narrow SegNet-MTAN), 1 repeat")
     args = ap.parse_args(argv)
-    for name in ("qm9_batch", "celeba_batch", "repeats", "threads"):
+    for name in ("qm9_batch", "celeba_batch", "nyuv2_batch", "cityscapes_batch", "repeats", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -207,6 +236,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.qm9_atoms = quick.get("qm9_atoms", (12, 24))
     args.qm9_hidden = quick.get("qm9_hidden", 64)
     args.image_size = quick.get("image_size", 64)
+    args.scene_size, args.scene_filters = quick.get("scene_size"), quick.get("scene_filters")
     args.aggregators = ["ls"] + [a for a in dict.fromkeys(args.aggregators) if a != "ls"]
     args.reference = [] if args.no_reference else [a for a in args.reference if a in args.aggregators]
     return args
@@ -240,10 +270,18 @@ def print_table(args: argparse.Namespace) -> None:
         setups["celeba"] = (SyntheticCelebA(args.image_size), celeba_batch(args.batch_of["celeba"], args.image_size))
         print(f"celeba: k=40, batch {args.batch_of['celeba']} images of {args.image_size} x {args.image_size}, "
               f"9-layer CNN{paper_note('celeba', args)}")
-    print()
-    print("| benchmark | mode | aggregator | per-task gradients | ms/step | x ls |")
-    print("|---|---|---|---|---:|---:|")
     with tempfile.TemporaryDirectory() as run_root:
+        for name in SCENE:
+            if name in args.benchmarks:
+                bench, batch, shape = scene_setup(name, args.batch_of[name], args.scene_size, args.scene_filters,
+                                                  os.path.join(run_root, "data"))
+                setups[name] = (bench, batch)
+                n = sum(p.numel() for p in bench.build_model().parameters())
+                print(f"{name}: k={bench.num_tasks}, batch {args.batch_of[name]} images of {shape[0]} x {shape[1]}, "
+                      f"SegNet-MTAN filters {bench.filters} ({n / 1e6:.1f}M parameters){paper_note(name, args)}")
+        print()
+        print("| benchmark | mode | aggregator | per-task gradients | ms/step | x ls |")
+        print("|---|---|---|---|---:|---:|")
         for bench_name, (bench, batch) in setups.items():
             for mode in args.modes:
                 entries = build_entries(bench, batch, mode, args, run_root)

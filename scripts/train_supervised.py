@@ -3,12 +3,14 @@
 
     python scripts/train_supervised.py benchmark=qm9 aggregator=pivrg data.root=/data/QM9
     python scripts/train_supervised.py benchmark=celeba aggregator=consmtl data.root=/data/celeba
+    python scripts/train_supervised.py benchmark=nyuv2 aggregator=pivrg data.root=/data/nyuv2
+    python scripts/train_supervised.py benchmark=cityscapes_small aggregator=ls data.root=/data/cityscapes  # CPU
     python scripts/train_supervised.py benchmark=qm9 aggregator=nash_mtl mode=rep data.root=...   # "-UB"
     python scripts/train_supervised.py -m benchmark=qm9 aggregator=ls,pivrg,fairgrad seed=0,1,2 data.root=...
 
 Writes per-epoch metrics (``metrics.jsonl``), the test metrics at the selected epoch with
 dm%, dm_i and Var[dm_i] (``results.json``), TensorBoard scalars and checkpoints to
-``runs/supervised/<benchmark>/<mode>/<aggregator>/seed<seed>``; re-running continues
+``runs/supervised/<benchmark>-<preset>/<mode>/<aggregator>/seed<seed>``; re-running continues
 from the last epoch.  Bad configuration or missing data: one line on stderr, exit 2.
 """
 

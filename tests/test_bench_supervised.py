@@ -40,3 +40,15 @@ def test_quick_run_times_every_aggregator_relative_to_ls(capsys):
         for r in mine:
             ms, ratio = float(r[4]), float(r[5])
             assert ms > 0 and ratio > 0
+
+
+def test_quick_run_on_the_dense_benchmarks_reads_their_real_layout(capsys):
+    bench = _bench()
+    assert bench.main(["--quick", "--threads", "1", "--benchmarks", "nyuv2,cityscapes", "--modes", "rep",
+                       "--aggregators", "consmtl", "--no-reference", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "nyuv2: k=3, batch 1 images of 32 x 64" in out and "cityscapes: k=2" in out
+    rows = _rows(out)
+    assert [(r[0], r[2]) for r in rows] == [("nyuv2", "ls"), ("nyuv2", "consmtl"), ("cityscapes", "ls"),
+                                           ("cityscapes", "consmtl")]
+    assert all(float(r[4]) > 0 for r in rows)

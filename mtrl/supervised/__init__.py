@@ -1,5 +1,5 @@
 """The supervised driver: the aggregators of ``aggregators/`` on multi-task supervised
-benchmarks (QM9, CelebA; dense vision to come), with the metrics the papers report.
+benchmarks (QM9, CelebA, NYU-v2, Cityscapes), with the metrics the papers report.
 
 A benchmark (``benchmark.py``) bundles data, a model split into a shared encoder and task
 heads, per-task losses, metrics and single-task baselines; the trainer (``trainer.py``)

@@ -83,6 +83,9 @@ class Benchmark(ABC):
     #: the split that selects the reported epoch and feeds PIVRG: "val", or "train" where
     #: the benchmark has no validation split
     selection_split: str = "val"
+    #: None: report the test metrics of the epoch chosen on the selection split; N: report
+    #: the mean test metrics of the last N epochs (the dense-vision protocol)
+    report_last_epochs: int | None = None
 
     @property
     def num_tasks(self) -> int:

@@ -10,6 +10,8 @@ import inspect
 BENCHMARKS = {
     "qm9": "qm9:QM9Benchmark",
     "celeba": "celeba:CelebABenchmark",
+    "nyuv2": "nyuv2:NYUv2Benchmark",
+    "cityscapes": "cityscapes:CityscapesBenchmark",
 }
 
 

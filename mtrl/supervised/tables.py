@@ -373,8 +373,10 @@ def table_markdown(table: Table) -> str:
                     + [str(r.n)] + [_num(x) for x in r.mean] + [f"{r.mr:.2f}", _pm(r.delta_m, r.delta_m_sem, sign="+"),
                                                                  f"{r.delta_m_var:.2f}"]
                     + ([f"{r.task_weighted_delta_m:+.2f}"] if weighted else []))
-    text = (f"# {table.stem}: test metrics at the selected epoch, mean over seeds\n\n"
-            "Metric columns: the mean over seeds of each run's test value at its selected epoch "
+    reports = sorted({r.results.get("report", "selected epoch") for row in table.rows for r in row.runs})
+    when = "; ".join("at the selected epoch" if rep == "selected epoch" else rep for rep in reports)
+    text = (f"# {table.stem}: test metrics ({when}), mean over seeds\n\n"
+            f"Metric columns: the mean over seeds of each run's test value ({when}) "
             "(s.e.m. in the CSV). dm%: mean relative drop against the single-task baselines (STL row; "
             "positive = worse), of the seed-mean metrics ± the s.e.m. of the per-seed dm% (dm% is linear "
             "in the metrics, so the two means agree). Var[dm_i]: variance of the per-task drops of the "

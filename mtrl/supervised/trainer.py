@@ -52,7 +52,7 @@ def build_benchmark(cfg: dict) -> Benchmark:
     """The benchmark named by ``cfg["name"]``, built from ``root`` and its options."""
     from .registry import BENCHMARKS, benchmark_class
 
-    options = {k: v for k, v in cfg.items() if k not in ("name", "root")}
+    options = {k: v for k, v in cfg.items() if k not in ("name", "root", "preset")}
     name = cfg["name"]
     if name not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {name!r}; valid: {', '.join(sorted(BENCHMARKS))}")
@@ -127,6 +127,7 @@ class SupervisedTrainer:
         self.epoch = 0
         self.step = 0
         self.best = {"score": math.inf, "epoch": None, "test": None, "selection": None}
+        self.recent: list[tuple[int, dict]] = []   # (epoch, test metrics) of the last report_last_epochs
 
         self.ckpt_path = self.run_dir / "checkpoints" / "latest.pt"
         resumed = self.ckpt_path.exists()
@@ -141,7 +142,7 @@ class SupervisedTrainer:
         return {"format": CHECKPOINT_FORMAT, "config": self.cfg, "epoch": self.epoch, "step": self.step,
                 "model": self.model.state_dict(), "aggregator": self.agg.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "best": self.best, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                "best": self.best, "recent": self.recent, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                                            "python": random.getstate()}}
 
     def _restore(self, state: dict) -> None:
@@ -158,6 +159,7 @@ class SupervisedTrainer:
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{self.ckpt_path} does not fit this run ({exc}); use a new run directory") from None
         self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), state["best"]
+        self.recent = [tuple(r) for r in state.get("recent", [])]
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
@@ -261,6 +263,9 @@ class SupervisedTrainer:
                 self.scheduler.step()
             self.epoch += 1
             score = self.bench.selection_value(values[sel], dm)
+            last = self.bench.report_last_epochs
+            if last and "test" in values:
+                self.recent = (self.recent + [(self.epoch, values["test"])])[-last:]
             if score < self.best["score"]:
                 self.best = {"score": score, "epoch": self.epoch, "test": values.get("test"), "selection": values[sel]}
             record = {"step": self.epoch, "epoch": self.epoch, "updates": self.step, "seconds": time.perf_counter() - t0,
@@ -285,23 +290,32 @@ class SupervisedTrainer:
         return results
 
     def results(self) -> dict:
-        """The papers' numbers: test metrics at the epoch with the best selection dm%,
-        dm%, per-task dm_i, their variance and the task-weighted dm."""
+        """The papers' numbers: the test metrics (at the epoch with the best selection
+        score, or their mean over the last ``report_last_epochs`` epochs where the
+        benchmark's protocol says so), dm%, per-task dm_i, their variance and the
+        task-weighted dm."""
         test = self.best["test"] if self.best["test"] is not None else self.best["selection"]
+        report = {"report": "selected epoch"}
+        if self.recent:
+            test = {m: float(np.mean([r[m] for _, r in self.recent])) for m in self.recent[0][1]}
+            report = {"report": f"mean of the last {len(self.recent)} epochs",
+                      "reported_epochs": [e for e, _ in self.recent]}
         return {"benchmark": self.bench.name, "aggregator": self.cfg["aggregator"]["name"], "mode": self.mode,
                 "seed": self.seed, "selected_epoch": self.best["epoch"], "selection_split": self.bench.selection_split,
-                "metrics": test, **delta_m_report(test, self.bench)}
+                **report, "metrics": test, **delta_m_report(test, self.bench)}
 
     def close(self) -> None:
         self.log.close()
 
 
-def _batched_grad(losses: torch.Tensor, z: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-    """(k, *z.shape): d l_i / d z for every task in one batched backward."""
+def _batched_grad(losses: torch.Tensor, z, create_graph: bool = False) -> torch.Tensor:
+    """d l_i / d z for every task in one batched backward: (k, *z.shape) for one tensor,
+    (k, total size) for a tuple of tensors (per-task features), flattened and joined."""
     eye = torch.eye(losses.numel(), dtype=losses.dtype, device=losses.device)
-    (g,) = torch.autograd.grad(losses, z, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
-                               create_graph=create_graph)
-    return g
+    feats = (z,) if isinstance(z, torch.Tensor) else tuple(z)
+    grads = torch.autograd.grad(losses, feats, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
+                                create_graph=create_graph, allow_unused=True, materialize_grads=True)
+    return grads[0] if isinstance(z, torch.Tensor) else torch.cat([g.flatten(1) for g in grads], dim=1)
 
 
 def _group_by_head(model, params: list) -> list[list[int]]:

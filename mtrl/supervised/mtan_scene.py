@@ -1,0 +1,288 @@
+"""Scene-understanding benchmarks in the MTAN preprocessing (NYU-v2, Cityscapes): the
+on-disk layout, augmentation, and the benchmark class they share.
+
+Layout (``shared/docs/supervised_benchmarks.md``): ``root/{train,val}/<folder>/<i>.npy``
+with one folder per target plus ``image``; the sample count is the number of
+``image/*.npy`` files and sample i is ``<i>.npy`` in every folder.  Arrays: image
+(H, W, 3) float; segmentation label (H, W) with -1 = ignore; depth (H, W, 1) or (H, W)
+with 0 = invalid; normal (H, W, 3).  These sets have no validation split: ``val`` holds
+the test images (NYU-v2 795 train / 654 test, Cityscapes 2,975 / 500), so the benchmark's
+splits are ``train`` and ``test`` and the selection split (what PIVRG's dm_i come from,
+paper 000 sec. 5) is ``train``.
+
+Augmentation (training split, ``augment=True``), as in the public code these papers use:
+a random scale s from ``scales`` (1.0, 1.2, 1.5), a random crop of size (H/s, W/s)
+resized back to (H, W) (bilinear for the image, nearest for the targets; depth divided by
+s, since zooming in by s brings the scene s times closer); then a horizontal flip with
+probability 1/2, which negates the normal's x component.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .benchmark import Benchmark, DatasetNotFound, Metric
+from .dense_tasks import DenseTask
+from .segnet_mtan import FILTERS, SegNetMTAN
+
+#: the test images live in the ``val`` folder of the MTAN preprocessing
+SPLIT_FOLDERS = {"train": "train", "test": "val"}
+SCALES = (1.0, 1.2, 1.5)
+
+
+def _load(path: Path) -> np.ndarray:
+    try:
+        return np.load(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable .npy file ({exc}); re-extract the data set") from None
+
+
+class SceneSplit(Dataset):
+    """One split: item i is (image (3, H, W) float32, [target_1, ..., target_k]) with
+    segmentation (H, W) int64, depth (1, H, W) and normals (3, H, W) float32."""
+
+    def __init__(self, directory: Path, folders: Sequence[str], kinds: Sequence[str],
+                 image_size: Sequence[int] | None = None, augment: bool = False, scales: Sequence[float] = SCALES):
+        self.directory, self.folders, self.kinds = directory, list(folders), list(kinds)
+        self.image_size = tuple(image_size) if image_size else None
+        self.augment, self.scales = augment, tuple(scales)
+        self.rng = np.random.default_rng(0)
+        names = sorted((directory / "image").glob("*.npy"), key=lambda p: (len(p.stem), p.stem))
+        self.ids = [p.stem for p in names]
+        missing = [f"{folder}/{i}.npy" for folder in self.folders for i in self.ids[:1]
+                   if not (directory / folder / f"{i}.npy").is_file()]
+        if missing:
+            raise DatasetNotFound(f"{directory}: image/{self.ids[0]}.npy has no {missing[0]}; every folder "
+                                  f"({', '.join(['image', *self.folders])}) needs one file per image")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def read(self, index: int) -> tuple[Tensor, list[Tensor]]:
+        """Sample ``index`` as stored (CHW, no resizing or augmentation)."""
+        i = self.ids[index]
+        image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(_load(self.directory / "image" / f"{i}.npy"), -1, 0),
+                                                      dtype=np.float32))
+        targets = []
+        for folder, kind in zip(self.folders, self.kinds):
+            path = self.directory / folder / f"{i}.npy"
+            if not path.is_file():
+                raise DatasetNotFound(f"{path} is missing; every folder needs one file per image/*.npy")
+            a = _load(path)
+            if kind == "segmentation":
+                t = torch.from_numpy(np.asarray(a).astype(np.int64))
+            else:
+                a = a[..., None] if a.ndim == 2 else a
+                t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 0), dtype=np.float32))
+            if t.shape[-2:] != image.shape[-2:]:
+                raise ValueError(f"{path}: shape {tuple(a.shape)} does not match image/{i}.npy "
+                                 f"({tuple(image.shape[-2:])} pixels)")
+            targets.append(t)
+        return image, targets
+
+    def __getitem__(self, index: int) -> tuple[Tensor, list[Tensor]]:
+        image, targets = self.read(index)
+        if self.image_size and tuple(image.shape[-2:]) != self.image_size:
+            image, targets = resize(image, targets, self.kinds, self.image_size)
+        if self.augment:
+            image, targets = scale_crop_flip(image, targets, self.kinds, self.rng, self.scales)
+        return image, targets
+
+
+def _resample(t: Tensor, kind: str, size: tuple[int, int], box: tuple[int, int, int, int] | None = None) -> Tensor:
+    """Crop ``t`` (C, H, W) or (H, W) to ``box`` = (top, left, h, w) and resize to ``size``:
+    bilinear (corners aligned) for the image, nearest for targets."""
+    x = t if box is None else t[..., box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
+    if kind == "segmentation":
+        return F.interpolate(x[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    if kind == "image":
+        return F.interpolate(x[None], size=size, mode="bilinear", align_corners=True)[0]
+    return F.interpolate(x[None], size=size, mode="nearest")[0]
+
+
+def resize(image: Tensor, targets: list[Tensor], kinds: Sequence[str], size: tuple[int, int]):
+    """The sample at another resolution (depth values are kept: the field of view is)."""
+    return _resample(image, "image", size), [_resample(t, k, size) for t, k in zip(targets, kinds)]
+
+
+def scale_crop_flip(image: Tensor, targets: list[Tensor], kinds: Sequence[str], rng: np.random.Generator,
+                    scales: Sequence[float] = SCALES):
+    """The training augmentation (module docstring); ``rng`` draws the scale, the crop and
+    the flip."""
+    height, width = image.shape[-2:]
+    s = float(scales[rng.integers(len(scales))])
+    h, w = int(height / s), int(width / s)
+    box = (int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1)), h, w)
+    image = _resample(image, "image", (height, width), box)
+    out = []
+    for t, kind in zip(targets, kinds):
+        t = _resample(t, kind, (height, width), box)
+        out.append(t / s if kind == "depth" else t)
+    if rng.random() < 0.5:
+        image = image.flip(-1)
+        out = [t.flip(-1) for t in out]
+        out = [torch.cat((-t[:1], t[1:])) if kind == "normal" else t for t, kind in zip(out, kinds)]
+    return image, out
+
+
+def collate(samples):
+    images = torch.stack([s[0] for s in samples])
+    return images, [torch.stack([s[1][j] for s in samples]) for j in range(len(samples[0][1]))]
+
+
+class SceneBenchmark(Benchmark):
+    """A dense scene benchmark in the MTAN layout: subclasses set ``name``, ``tasks``
+    (names), ``dense_tasks`` (:mod:`dense_tasks` objects), ``folders`` (the target folder
+    of each task; a tuple lists accepted alternatives, first match wins), ``baselines``
+    ({metric name: single-task value}) and ``default_size``.
+
+    Options: ``image_size`` (H, W) resizes every sample (e.g. a quick CPU preset; sides
+    must be divisible by 32 for the 5-level SegNet); ``augment`` the training
+    augmentation; ``filters`` the SegNet widths; ``num_workers`` loader processes;
+    ``report_last_epochs`` how many final epochs' test metrics the results average (10 in
+    the protocol of Nash-MTL and FAMO that papers 000 and 001 follow).
+    """
+
+    selection_split = "train"
+    dense_tasks: list[DenseTask]
+    folders: list[str | tuple[str, ...]]
+    baselines: dict[str, float]
+    default_size: tuple[int, int]
+
+    def __init__(self, root: str | Path, image_size: Sequence[int] | None = None, augment: bool = False,
+                 filters: Sequence[int] = FILTERS, num_workers: int = 0, report_last_epochs: int | None = 10,
+                 scales: Sequence[float] = SCALES):
+        if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+            raise ValueError(f"image_size must be [height, width], got {image_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if report_last_epochs is not None and report_last_epochs < 1:
+            raise ValueError(f"report_last_epochs must be >= 1 or null, got {report_last_epochs}")
+        self.root = Path(root).expanduser()
+        self.filters, self.num_workers, self.report_last_epochs = list(filters), num_workers, report_last_epochs
+        self.metrics = self.metric_list()
+        folders = self.find_folders()
+        kinds = [t.kind for t in self.dense_tasks]
+        self.datasets = {split: SceneSplit(self.root / SPLIT_FOLDERS[split], folders, kinds, image_size,
+                                           augment=augment and split == "train", scales=scales)
+                         for split in self.splits}
+        empty = [s for s, d in self.datasets.items() if len(d) == 0]
+        if empty:
+            raise DatasetNotFound(f"{self.root / SPLIT_FOLDERS[empty[0]] / 'image'} has no .npy files")
+
+    @classmethod
+    def metric_list(cls) -> list[Metric]:
+        """The reported metrics with their directions and single-task baselines."""
+        higher = {"miou", "pix_acc", "within_11.25", "within_22.5", "within_30"}
+        return [Metric(f"{name}_{m}", name, m in higher, cls.baselines[f"{name}_{m}"])
+                for name, task in zip(cls.tasks, cls.dense_tasks) for m in task.metric_names]
+
+    def find_folders(self) -> list[str]:
+        """Each task's folder name in this copy of the data (``label_7`` or ``label``, ...)."""
+        expected = ", ".join(f"{s}/{{image,{','.join(f if isinstance(f, str) else f[0] for f in self.folders)}}}/"
+                             for s in SPLIT_FOLDERS.values())
+        if not all((self.root / s / "image").is_dir() for s in SPLIT_FOLDERS.values()):
+            raise DatasetNotFound(f"{self.name} not found under {self.root}: expected the MTAN preprocessing "
+                                  f"{expected} with one <i>.npy per image")
+        found = []
+        for options in self.folders:
+            options = (options,) if isinstance(options, str) else options
+            hit = next((o for o in options if all((self.root / s / o).is_dir() for s in SPLIT_FOLDERS.values())), None)
+            if hit is None:
+                raise DatasetNotFound(f"{self.name} under {self.root}: no {' or '.join(options)} folder in both "
+                                      f"train/ and val/ (expected {expected})")
+            found.append(hit)
+        return found
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return ("train", "test")
+
+    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+        """Batches (images (B, 3, H, W), [targets]); ``seed`` fixes the order and the
+        augmentation (each loader process draws from its own stream of it)."""
+        if split not in self.datasets:
+            raise ValueError(f"unknown split {split!r}; {self.name} has {self.splits}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        data = self.datasets[split]
+        data.rng = np.random.default_rng(seed)
+
+        def reseed(worker: int) -> None:
+            torch.utils.data.get_worker_info().dataset.rng = np.random.default_rng([seed, worker])
+
+        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate,
+                          num_workers=self.num_workers, worker_init_fn=reseed if self.num_workers else None)
+
+    def to_device(self, batch, device: torch.device):
+        images, targets = batch
+        return images.to(device, non_blocking=True), [t.to(device, non_blocking=True) for t in targets]
+
+    def inputs(self, batch) -> Tensor:
+        return batch[0]
+
+    def build_model(self) -> SegNetMTAN:
+        return SegNetMTAN(self.dense_tasks, self.filters)
+
+    def task_losses(self, outputs: list[Tensor], batch) -> Tensor:
+        return torch.stack([t.loss(o, y) for t, o, y in zip(self.dense_tasks, outputs, batch[1])])
+
+    def metric_state(self) -> "SceneMetrics":
+        return SceneMetrics(self.tasks, self.dense_tasks)
+
+
+class SceneMetrics:
+    """Every task's split-level metric accumulator, named ``<task>_<metric>``."""
+
+    def __init__(self, names: Sequence[str], tasks: Sequence[DenseTask]):
+        self.names = list(names)
+        self.states = [t.metric_state() for t in tasks]
+
+    def update(self, outputs: list[Tensor], batch) -> None:
+        for state, out, target in zip(self.states, outputs, batch[1]):
+            state.update(out.detach(), target)
+
+    def compute(self) -> dict[str, float]:
+        return {f"{name}_{k}": v for name, state in zip(self.names, self.states) for k, v in state.compute().items()}
+
+
+def write_scene(root: str | Path, folders: dict[str, str], num_classes: int, sizes: dict[str, int],
+                shape: tuple[int, int], seed: int = 0) -> Path:
+    """Random data in the MTAN layout (tests, speed benchmarks, smoke runs): ``sizes``
+    {"train": n, "val": m} images of ``shape`` under ``root``; ``folders`` maps a target
+    kind (segmentation, depth, normal) to its folder name.  Labels have about 10% ignored
+    pixels, depths about 10% invalid ones, normals about 10% zero vectors; everything else
+    is smooth enough to learn (targets are blurred functions of the image)."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    for split, n in sizes.items():
+        for folder in ["image", *folders.values()]:
+            (root / split / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            image = rng.random((h, w, 3)).astype(np.float32)
+            coarse = image.reshape(h // 4, 4, w // 4, 4, 3).mean((1, 3)).repeat(4, 0).repeat(4, 1)
+            invalid = rng.random((h, w)) < 0.1
+            np.save(root / split / "image" / f"{i}.npy", image)
+            for kind, folder in folders.items():
+                if kind == "segmentation":
+                    a = np.minimum((coarse[..., 0] * num_classes).astype(np.int64), num_classes - 1).astype(np.float32)
+                    a[invalid] = -1
+                elif kind == "depth":
+                    a = (0.5 + 3 * coarse[..., 1:2]).astype(np.float32)
+                    a[invalid] = 0
+                else:
+                    v = coarse - 0.5 + np.array([0, 0, 1.0])
+                    a = (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+                    a[invalid] = 0
+                np.save(root / split / folder / f"{i}.npy", a)
+    return root
+
