@@ -16,6 +16,7 @@ import torch
 
 import aggregators
 from aggregators.performance import performance_weights
+from mtrl.metrics import delta_m
 from mtrl.supervised.benchmark import DatasetNotFound
 from mtrl.supervised.cityscapes import CityscapesBenchmark
 from mtrl.supervised.dense_tasks import (ConfusionMatrix, DepthErrors, DepthTask, NormalAngles, NormalTask,
@@ -26,6 +27,7 @@ from mtrl.supervised.registry import benchmark_metrics
 from mtrl.supervised.segnet_mtan import SegNetMTAN
 from mtrl.supervised.tables import load_runs, summarize_runs, table_markdown
 from mtrl.supervised.trainer import SupervisedTrainer, _batched_grad
+from supervised_runs import run_config, train_run
 
 ROOT = Path(__file__).resolve().parent.parent
 NYU_FOLDERS = {"segmentation": "label", "depth": "depth", "normal": "normal"}
@@ -42,19 +44,8 @@ def data(tmp_path_factory):
 
 
 def config(data, bench, aggregator, mode="param", epochs=2, **train):
-    t = {"epochs": epochs, "batch_size": 2, "lr": 1e-3, "diagnostics_every": 2, "log_every": 1}
-    t.update(train)
-    return {"seed": 0, "device": "cpu", "mode": mode, "aggregator_preset": bench,
-            "benchmark": {"name": bench, "root": str(data / bench), "filters": TINY, "report_last_epochs": 2},
-            "aggregator": {"name": aggregator}, "train": t}
-
-
-def _train(cfg, run_dir):
-    tr = SupervisedTrainer(cfg, run_dir)
-    try:
-        return tr, tr.train()
-    finally:
-        tr.close()
+    return run_config(bench, data / bench, aggregator, mode, epochs, train,
+                      {"filters": TINY, "report_last_epochs": 2}, batch_size=2)
 
 
 # -- metrics and losses ------------------------------------------------------------------
@@ -142,6 +133,30 @@ def test_segmentation_loss_is_nll_with_ignore_index():
     target = torch.tensor([[[0, -1], [2, 1]]])
     expected = -(pred[0, 0, 0, 0] + pred[0, 2, 1, 0] + pred[0, 1, 1, 1]) / 3
     assert float(task.loss(pred, target)) == pytest.approx(float(expected), rel=1e-6)
+
+
+# rows of PIVRG's Tables 1 and 2 (paper 000) as printed: metrics and dm%
+PAPER_ROWS = {
+    "nyuv2": {"LS": ("39.29 65.33 0.5493 0.2263 28.15 23.96 22.09 47.50 61.08", 5.59),
+              "PIVRG": ("39.90 65.74 0.5365 0.2243 24.30 18.80 30.95 58.26 70.38", -6.50),
+              "FairGrad": ("39.74 66.01 0.5377 0.2236 24.84 19.60 29.26 56.58 69.16", -4.66)},
+    "cityscapes": {"LS": ("75.18 93.49 0.0155 46.77", 22.60), "UW": ("72.02 92.85 0.0140 30.13", 5.89),
+                   "MGDA": ("68.84 91.54 0.0309 33.50", 44.14)},
+}
+
+
+@pytest.mark.parametrize("bench", ["nyuv2", "cityscapes"])
+def test_metric_lists_reproduce_the_papers_dm(bench):
+    """Our metric order, directions and single-task baselines give the dm% PIVRG prints,
+    to within the rounding of the printed numbers."""
+    metrics = benchmark_metrics({"name": bench})
+    baselines = np.array([m.baseline for m in metrics])
+    for method, (printed, dm_printed) in PAPER_ROWS[bench].items():
+        values = [float(v) for v in printed.split()]
+        half_units = np.array([0.5 * 10.0 ** -len(v.split(".")[1]) for v in printed.split()])
+        tolerance = 0.005 + 100 * np.mean(half_units / baselines)
+        dm = delta_m(values, baselines, [m.higher_is_better for m in metrics])
+        assert dm == pytest.approx(dm_printed, abs=tolerance), method
 
 
 # -- data layout and augmentation ----------------------------------------------------------
@@ -289,7 +304,7 @@ def test_batched_feature_gradients_of_a_tuple_equal_separate_ones():
     ("nyuv2", "nash_mtl", "param"), ("nyuv2", "aligned_mtl", "rep"), ("cityscapes", "pivrg", "param"),
     ("cityscapes", "consmtl", "rep"), ("cityscapes", "famo", "param")])
 def test_dense_benchmarks_train_and_report_the_last_epochs(data, tmp_path, single_thread, bench, aggregator, mode):
-    tr, res = _train(config(data, bench, aggregator, mode, epochs=3), tmp_path)
+    tr, res = train_run(config(data, bench, aggregator, mode, epochs=3), tmp_path)
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == [1, 2, 3] and set(lines[0]["metrics"]) == {"train", "test"}
     # reported: the mean test metrics of the last 2 epochs (report_last_epochs)
@@ -301,7 +316,7 @@ def test_dense_benchmarks_train_and_report_the_last_epochs(data, tmp_path, singl
 
 
 def test_pivrg_is_fed_the_training_drops_once_per_epoch(data, tmp_path):
-    tr, _ = _train(config(data, "nyuv2", "pivrg", epochs=1), tmp_path)
+    tr, _ = train_run(config(data, "nyuv2", "pivrg", epochs=1), tmp_path)
     line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert "train_delta_m_i" in line and "val_delta_m_i" not in line
     dm_i = torch.tensor([line["train_delta_m_i"][t] for t in tr.bench.tasks], dtype=torch.float64)
@@ -344,7 +359,7 @@ def test_consmtl_lower_level_through_the_attention_features(data, single_thread)
 
 def test_ls_learns_the_synthetic_scene(data, tmp_path, single_thread):
     cfg = config(data, "nyuv2", "ls", epochs=12, lr=3e-3)
-    tr, _ = _train(cfg, tmp_path)
+    tr, _ = train_run(cfg, tmp_path)
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     first, last = lines[0]["train_loss"], lines[-1]["train_loss"]
     # depth and normals are smooth functions of the image; the labels are quantised ones
@@ -354,9 +369,9 @@ def test_ls_learns_the_synthetic_scene(data, tmp_path, single_thread):
 
 
 def test_a_killed_run_resumes_with_its_last_epochs(data, tmp_path):
-    _, full = _train(config(data, "cityscapes", "pivrg", epochs=3), tmp_path / "full")
-    _train(config(data, "cityscapes", "pivrg", epochs=2), tmp_path / "cut")
-    tr, resumed = _train(config(data, "cityscapes", "pivrg", epochs=3), tmp_path / "cut")
+    _, full = train_run(config(data, "cityscapes", "pivrg", epochs=3), tmp_path / "full")
+    train_run(config(data, "cityscapes", "pivrg", epochs=2), tmp_path / "cut")
+    tr, resumed = train_run(config(data, "cityscapes", "pivrg", epochs=3), tmp_path / "cut")
     assert resumed["reported_epochs"] == [2, 3]
     assert resumed["metrics"] == pytest.approx(full["metrics"], rel=1e-5)
 

@@ -17,6 +17,7 @@ from celeba_data import write_celeba
 from mtrl.supervised.benchmark import DatasetNotFound
 from mtrl.supervised.trainer import SupervisedTrainer, selection_score
 from qm9_data import write_qm9
+from supervised_runs import run_config, train_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,27 +34,15 @@ def data(tmp_path_factory):
 
 def config(data, bench, aggregator, mode="param", epochs=2, **train):
     opts = {"qm9": {"split_sizes": [8, 8], "hidden": 16}, "celeba": {"image_size": 16}}[bench]
-    t = {"epochs": epochs, "batch_size": 8, "lr": 1e-3, "scheduler": {"name": "plateau", "patience": 1},
-         "diagnostics_every": 2, "log_every": 1}
-    t.update(train)
-    return {"seed": 0, "device": "cpu", "mode": mode, "aggregator_preset": bench,
-            "benchmark": {"name": bench, "root": str(data / bench), **opts},
-            "aggregator": {"name": aggregator}, "train": t}
-
-
-def _train(cfg, run_dir):
-    tr = SupervisedTrainer(cfg, run_dir)
-    try:
-        return tr, tr.train()
-    finally:
-        tr.close()
+    return run_config(bench, data / bench, aggregator, mode, epochs,
+                      {"scheduler": {"name": "plateau", "patience": 1}, **train}, opts, batch_size=8)
 
 
 @pytest.mark.parametrize("aggregator,mode", [("ls", "param"), ("pivrg", "param"), ("consmtl", "param"),
                                              ("nash_mtl", "rep"), ("famo", "param"), ("pcgrad", "param"),
                                              ("uw", "param"), ("cagrad", "rep")])
 def test_qm9_trains_with_each_aggregator_and_reports_the_papers_numbers(data, tmp_path, aggregator, mode):
-    tr, res = _train(config(data, "qm9", aggregator, mode), tmp_path)
+    tr, res = train_run(config(data, "qm9", aggregator, mode), tmp_path)
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == [1, 2]
     assert set(lines[0]["metrics"]) == {"train", "val", "test"}
@@ -71,13 +60,13 @@ def test_qm9_trains_with_each_aggregator_and_reports_the_papers_numbers(data, tm
 
 @pytest.mark.parametrize("aggregator", ["ls", "pivrg", "consmtl"])
 def test_celeba_trains_with_pivrg_and_consmtl(data, tmp_path, single_thread, aggregator):
-    tr, res = _train(config(data, "celeba", aggregator, epochs=1), tmp_path)
+    tr, res = train_run(config(data, "celeba", aggregator, epochs=1), tmp_path)
     assert len(res["metrics"]) == 40 and all(0 <= v <= 1 for v in res["metrics"].values())
     assert res["selection_split"] == "val" and res["selected_epoch"] == 1
 
 
 def test_pivrg_is_fed_the_validation_drops_once_per_epoch(data, tmp_path):
-    tr, _ = _train(config(data, "qm9", "pivrg", epochs=1), tmp_path)
+    tr, _ = train_run(config(data, "qm9", "pivrg", epochs=1), tmp_path)
     line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     dm_i = torch.tensor([line["val_delta_m_i"][t] for t in tr.bench.tasks], dtype=torch.float64)
     # omega = k softmax(dm / T) with T from the bound (PIVRG eq. 4 and the authors' temperature)
@@ -137,7 +126,7 @@ def test_batched_per_task_gradients_equal_separate_backwards_on_the_mpnn(data):
 
 
 def test_a_killed_run_resumes_after_its_last_epoch(data, tmp_path):
-    _train(config(data, "qm9", "nash_mtl", epochs=1), tmp_path)
+    train_run(config(data, "qm9", "nash_mtl", epochs=1), tmp_path)
     tr = SupervisedTrainer(config(data, "qm9", "nash_mtl", epochs=3), tmp_path)
     assert tr.resumed and tr.epoch == 1
     tr.train()
@@ -182,7 +171,7 @@ def test_every_aggregator_trains_both_benchmarks(data, tmp_path, single_thread, 
     performance-informed methods alike), all through aggregators.backward."""
     for name in aggregators.available():
         cfg = config(data, bench, name, epochs=1, max_batches=1)
-        tr, res = _train(cfg, tmp_path / name)
+        tr, res = train_run(cfg, tmp_path / name)
         assert res["selected_epoch"] == 1 and all(map(lambda v: v == v, res["metrics"].values())), name
         assert all(torch.isfinite(p).all() for p in tr.model.parameters()), name
 
