@@ -36,26 +36,32 @@ ANGLE_BIN = 1e-3   # degrees per bin of the normal-angle histogram
 
 
 class SegmentationTask:
-    """C-class semantic segmentation; target (B, H, W) long with -1 = ignore."""
+    """C-class semantic segmentation; target (B, H, W) long, ``ignore_index`` (-1 in the
+    MTAN data) = ignore.
+
+    Every task class here has: ``kind``; ``out_channels`` (the head's output channels);
+    ``activate(raw)`` (the head's output activation); ``loss(pred, target)`` (a scalar);
+    ``metrics``, the (name, higher is better) pairs that ``metric_state()`` reports; and
+    ``metric_state()``, a split-level accumulator with ``update(pred, target)`` and
+    ``compute() -> {name: value}``."""
 
     kind = "segmentation"
+    metrics = (("miou", True), ("pix_acc", True))
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
         if num_classes < 2:
             raise ValueError(f"segmentation needs at least 2 classes, got {num_classes}")
-        self.num_classes = num_classes
+        self.num_classes, self.ignore_index = num_classes, ignore_index
         self.out_channels = num_classes
 
     def activate(self, raw: Tensor) -> Tensor:
         return F.log_softmax(raw, dim=1)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        return F.nll_loss(pred, target, ignore_index=IGNORE_INDEX)
+        return F.nll_loss(pred, target, ignore_index=self.ignore_index)
 
     def metric_state(self) -> "ConfusionMatrix":
-        return ConfusionMatrix(self.num_classes)
-
-    metric_names = ("miou", "pix_acc")
+        return ConfusionMatrix(self.num_classes, self.ignore_index)
 
 
 class DepthTask:
@@ -63,7 +69,7 @@ class DepthTask:
 
     kind = "depth"
     out_channels = 1
-    metric_names = ("abs_err", "rel_err")
+    metrics = (("abs_err", False), ("rel_err", False))
 
     def activate(self, raw: Tensor) -> Tensor:
         return raw
@@ -81,7 +87,8 @@ class NormalTask:
 
     kind = "normal"
     out_channels = 3
-    metric_names = ("mean_angle", "median_angle", "within_11.25", "within_22.5", "within_30")
+    metrics = (("mean_angle", False), ("median_angle", False), ("within_11.25", True), ("within_22.5", True),
+               ("within_30", True))
 
     def activate(self, raw: Tensor) -> Tensor:
         return raw / raw.norm(p=2, dim=1, keepdim=True).clamp(min=1e-12)
@@ -105,17 +112,18 @@ def valid_mask(target: Tensor) -> Tensor:
 class ConfusionMatrix:
     """C x C counts (row: label, column: prediction) over a split; ignored pixels skipped."""
 
-    def __init__(self, num_classes: int):
-        self.num_classes = num_classes
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
         self.counts = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         """``pred``: (B, C, H, W) scores (log-probabilities) or (B, H, W) class indices."""
         labels = pred.argmax(dim=1) if pred.dim() == target.dim() + 1 else pred
-        keep = target != IGNORE_INDEX
+        keep = target != self.ignore_index
         if (target[keep] >= self.num_classes).any() or (target[keep] < 0).any():
             bad = target[keep][(target[keep] >= self.num_classes) | (target[keep] < 0)][0]
-            raise ValueError(f"segmentation label {int(bad)} outside 0..{self.num_classes - 1} (and -1 = ignore)")
+            raise ValueError(f"segmentation label {int(bad)} outside 0..{self.num_classes - 1} "
+                             f"(and {self.ignore_index} = ignore)")
         index = target[keep].long() * self.num_classes + labels[keep].long()
         self.counts += torch.bincount(index, minlength=self.num_classes ** 2).view(
             self.num_classes, self.num_classes).cpu()

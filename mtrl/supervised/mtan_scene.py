@@ -180,9 +180,8 @@ class SceneBenchmark(Benchmark):
     @classmethod
     def metric_list(cls) -> list[Metric]:
         """The reported metrics with their directions and single-task baselines."""
-        higher = {"miou", "pix_acc", "within_11.25", "within_22.5", "within_30"}
-        return [Metric(f"{name}_{m}", name, m in higher, cls.baselines[f"{name}_{m}"])
-                for name, task in zip(cls.tasks, cls.dense_tasks) for m in task.metric_names]
+        return [Metric(f"{name}_{m}", name, higher, cls.baselines[f"{name}_{m}"])
+                for name, task in zip(cls.tasks, cls.dense_tasks) for m, higher in task.metrics]
 
     def find_folders(self) -> list[str]:
         """Each task's folder name in this copy of the data (``label_7`` or ``label``, ...)."""
