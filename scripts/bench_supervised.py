@@ -115,7 +115,8 @@ def celeba_batch(batch_size: int, image_size: int = 64, seed: int = 0) -> tuple[
 
 
 def scene_setup(name: str, batch_size: int, size, filters, data_root: str):
-    """The benchmark built on random data written in its real .npy layout, and one batch."""
+    """The benchmark built on random data written in its real .npy layout, one batch, its
+    shape and the model options (SegNet-MTAN with ``filters``)."""
     import importlib
 
     from mtrl.supervised.mtan_scene import write_scene
@@ -125,8 +126,9 @@ def scene_setup(name: str, batch_size: int, size, filters, data_root: str):
     shape = tuple(size or default)
     root = write_scene(os.path.join(data_root, name), folders, classes, {"train": batch_size, "val": 1}, shape)
     module, cls = target.split(":")
-    bench = getattr(importlib.import_module(module), cls)(root, filters=list(filters or FILTERS))
-    return bench, next(iter(bench.loader("train", batch_size, shuffle=False))), shape
+    bench = getattr(importlib.import_module(module), cls)(root)
+    model = {"name": "segnet_mtan", "filters": list(filters or FILTERS)}
+    return bench, next(iter(bench.loader("train", batch_size, shuffle=False))), shape, model
 
 
 class Entry:
@@ -154,6 +156,7 @@ def build_entries(bench, batch, mode: str, args, run_root: str) -> list[Entry]:
         for reference in (False, True) if name in args.reference else (False,):
             cfg = {"seed": 0, "device": args.device, "mode": mode, "aggregator": {"name": name},
                    "aggregator_preset": bench.name, "benchmark": {"name": bench.name},
+                   "model": args.model_of.get(bench.name, {}),
                    "train": {"epochs": 1, "batch_size": args.batch_of[bench.name], "lr": 1e-4,
                              "diagnostics_every": 0, "per_task_grads": "loop" if reference else "batched"}}
             run_dir = os.path.join(run_root, f"{bench.name}-{mode}-{name}{'-ref' if reference else ''}")
@@ -237,6 +240,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.qm9_hidden = quick.get("qm9_hidden", 64)
     args.image_size = quick.get("image_size", 64)
     args.scene_size, args.scene_filters = quick.get("scene_size"), quick.get("scene_filters")
+    args.model_of = {}
     args.aggregators = ["ls"] + [a for a in dict.fromkeys(args.aggregators) if a != "ls"]
     args.reference = [] if args.no_reference else [a for a in args.reference if a in args.aggregators]
     return args
@@ -273,12 +277,13 @@ def print_table(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as run_root:
         for name in SCENE:
             if name in args.benchmarks:
-                bench, batch, shape = scene_setup(name, args.batch_of[name], args.scene_size, args.scene_filters,
-                                                  os.path.join(run_root, "data"))
+                bench, batch, shape, model = scene_setup(name, args.batch_of[name], args.scene_size,
+                                                         args.scene_filters, os.path.join(run_root, "data"))
                 setups[name] = (bench, batch)
-                n = sum(p.numel() for p in bench.build_model().parameters())
+                args.model_of[name] = model
+                n = sum(p.numel() for p in bench.build_model(**model).parameters())
                 print(f"{name}: k={bench.num_tasks}, batch {args.batch_of[name]} images of {shape[0]} x {shape[1]}, "
-                      f"SegNet-MTAN filters {bench.filters} ({n / 1e6:.1f}M parameters){paper_note(name, args)}")
+                      f"SegNet-MTAN filters {model['filters']} ({n / 1e6:.1f}M parameters){paper_note(name, args)}")
         print()
         print("| benchmark | mode | aggregator | per-task gradients | ms/step | x ls |")
         print("|---|---|---|---|---:|---:|")

@@ -44,8 +44,8 @@ def data(tmp_path_factory):
 
 
 def config(data, bench, aggregator, mode="param", epochs=2, **train):
-    return run_config(bench, data / bench, aggregator, mode, epochs, train,
-                      {"filters": TINY, "report_last_epochs": 2}, batch_size=2)
+    cfg = run_config(bench, data / bench, aggregator, mode, epochs, train, {"report_last_epochs": 2}, batch_size=2)
+    return {**cfg, "model": {"name": "segnet_mtan", "filters": TINY}}
 
 
 # -- metrics and losses ------------------------------------------------------------------
@@ -162,7 +162,7 @@ def test_metric_lists_reproduce_the_papers_dm(bench):
 # -- data layout and augmentation ----------------------------------------------------------
 
 def test_nyuv2_reads_the_mtan_layout(data):
-    bench = NYUv2Benchmark(data / "nyuv2", filters=TINY)
+    bench = NYUv2Benchmark(data / "nyuv2")
     assert bench.splits == ("train", "test") and bench.selection_split == "train"
     assert len(bench.datasets["train"]) == 6 and len(bench.datasets["test"]) == 4   # test = the val/ folder
     images, (label, depth, normal) = next(iter(bench.loader("test", 3, shuffle=False)))
@@ -178,7 +178,7 @@ def test_nyuv2_reads_the_mtan_layout(data):
 
 
 def test_cityscapes_accepts_label_7_or_label(data, tmp_path):
-    bench = CityscapesBenchmark(data / "cityscapes", filters=TINY)
+    bench = CityscapesBenchmark(data / "cityscapes")
     assert bench.tasks == ["segmentation", "depth"] and len(bench.metrics) == 4
     other = write_scene(tmp_path / "cs", {"segmentation": "label", "depth": "depth"}, 7, {"train": 2, "val": 2}, (32, 32))
     images, (label, depth) = next(iter(CityscapesBenchmark(other).loader("train", 2, shuffle=False)))
@@ -237,19 +237,19 @@ def test_scale_crop_divides_depth_by_the_scale_and_flip_negates_normal_x():
 
 
 def test_training_augmentation_is_seeded(data):
-    bench = NYUv2Benchmark(data / "nyuv2", filters=TINY, augment=True)
+    bench = NYUv2Benchmark(data / "nyuv2", augment=True)
     first = [b[0] for b in bench.loader("train", 2, shuffle=True, seed=5)]
     again = [b[0] for b in bench.loader("train", 2, shuffle=True, seed=5)]
     other = [b[0] for b in bench.loader("train", 2, shuffle=True, seed=6)]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
-    plain = NYUv2Benchmark(data / "nyuv2", filters=TINY, augment=False)
+    plain = NYUv2Benchmark(data / "nyuv2", augment=False)
     test = [b[0] for b in plain.loader("test", 2, shuffle=False)]
     assert all(torch.equal(a, b) for a, b in zip(test, [b[0] for b in bench.loader("test", 2, shuffle=False)]))
 
 
 def test_image_size_resizes_samples(data):
-    bench = NYUv2Benchmark(data / "nyuv2", filters=[4, 8], image_size=[16, 32])
+    bench = NYUv2Benchmark(data / "nyuv2", image_size=[16, 32])
     images, (label, depth, normal) = next(iter(bench.loader("train", 2, shuffle=False)))
     assert images.shape == (2, 3, 16, 32) and label.shape == (2, 16, 32) and normal.shape == (2, 3, 16, 32)
 
@@ -389,6 +389,8 @@ def test_presets_compose_with_the_papers_protocol():
         assert dict(c.train.scheduler) == {"name": "step", "step_size": 100, "gamma": 0.5}
         assert c.benchmark.report_last_epochs == 10 and c.aggregator_preset == c.benchmark.name
     assert small.benchmark.name == "nyuv2" and small.benchmark.preset == "small"
+    assert dict(nyu.model) == {"name": "segnet_mtan", "filters": [64, 128, 256, 512, 512]}
+    assert list(small.model.filters) == [16, 32, 64, 128, 128]
     assert small.hydra.run.dir == "runs/supervised/nyuv2-small/param/ls/seed0"
 
 
@@ -396,7 +398,7 @@ def test_cli_small_preset_and_the_papers_table(data, tmp_path):
     for agg in ("ls", "pivrg"):
         res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_supervised.py"), "benchmark=nyuv2_small",
                               f"aggregator={agg}", f"data.root={data / 'nyuv2'}", "benchmark.image_size=[32,64]",
-                              "benchmark.filters=[4,8,8,16,16]", "train.epochs=2", "train.max_batches=2",
+                              "model.filters=[4,8,8,16,16]", "train.epochs=2", "train.max_batches=2",
                               "device=cpu", f"hydra.run.dir={tmp_path / agg}"], capture_output=True, text=True,
                              timeout=600)
         assert res.returncode == 0, res.stderr[-2000:]

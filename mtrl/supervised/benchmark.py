@@ -108,7 +108,9 @@ class Benchmark(ABC):
         """What the model takes from a batch."""
 
     @abstractmethod
-    def build_model(self) -> MultiTaskModel: ...
+    def build_model(self) -> MultiTaskModel:
+        """The benchmark's model; benchmarks with a choice of models take the run config's
+        ``model`` section as keyword arguments."""
 
     @abstractmethod
     def task_losses(self, outputs: list[Tensor], batch: Any) -> Tensor:

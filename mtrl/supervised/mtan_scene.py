@@ -1,5 +1,6 @@
 """Scene-understanding benchmarks in the MTAN preprocessing (NYU-v2, Cityscapes): the
-on-disk layout, augmentation, and the benchmark class they share.
+on-disk layout, augmentation, and the benchmark class they share (a
+:class:`~mtrl.supervised.dense_benchmark.DenseBenchmark`).
 
 Layout (``shared/docs/supervised_benchmarks.md``): ``root/{train,val}/<folder>/<i>.npy``
 with one folder per target plus ``image``; the sample count is the number of
@@ -26,11 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from .benchmark import Benchmark, DatasetNotFound, Metric
-from .dense_tasks import DenseTask
-from .segnet_mtan import FILTERS, SegNetMTAN
+from .benchmark import DatasetNotFound
+from .dense_benchmark import DenseBenchmark, collate
 
 #: the test images live in the ``val`` folder of the MTAN preprocessing
 SPLIT_FOLDERS = {"train": "train", "test": "val"}
@@ -132,42 +132,23 @@ def scale_crop_flip(image: Tensor, targets: list[Tensor], kinds: Sequence[str], 
     return image, out
 
 
-def collate(samples):
-    images = torch.stack([s[0] for s in samples])
-    return images, [torch.stack([s[1][j] for s in samples]) for j in range(len(samples[0][1]))]
-
-
-class SceneBenchmark(Benchmark):
-    """A dense scene benchmark in the MTAN layout: subclasses set ``name``, ``tasks``
-    (names), ``dense_tasks`` (:mod:`dense_tasks` objects), ``folders`` (the target folder
-    of each task; a tuple lists accepted alternatives, first match wins), ``baselines``
-    ({metric name: single-task value}) and ``default_size``.
+class SceneBenchmark(DenseBenchmark):
+    """A dense scene benchmark in the MTAN layout: subclasses set what
+    :class:`DenseBenchmark` asks for plus ``folders`` (the target folder of each task; a
+    tuple lists accepted alternatives, first match wins).
 
     Options: ``image_size`` (H, W) resizes every sample (e.g. a quick CPU preset; sides
     must be divisible by 32 for the 5-level SegNet); ``augment`` the training
-    augmentation; ``filters`` the SegNet widths; ``num_workers`` loader processes;
-    ``report_last_epochs`` how many final epochs' test metrics the results average (10 in
-    the protocol of Nash-MTL and FAMO that papers 000 and 001 follow).
+    augmentation with ``scales``; and those of :class:`DenseBenchmark`.
     """
 
-    selection_split = "train"
-    dense_tasks: list[DenseTask]
     folders: list[str | tuple[str, ...]]
-    baselines: dict[str, float]
-    default_size: tuple[int, int]
 
     def __init__(self, root: str | Path, image_size: Sequence[int] | None = None, augment: bool = False,
-                 filters: Sequence[int] = FILTERS, num_workers: int = 0, report_last_epochs: int | None = 10,
-                 scales: Sequence[float] = SCALES):
+                 scales: Sequence[float] = SCALES, **options):
         if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
             raise ValueError(f"image_size must be [height, width], got {image_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        if report_last_epochs is not None and report_last_epochs < 1:
-            raise ValueError(f"report_last_epochs must be >= 1 or null, got {report_last_epochs}")
-        self.root = Path(root).expanduser()
-        self.filters, self.num_workers, self.report_last_epochs = list(filters), num_workers, report_last_epochs
-        self.metrics = self.metric_list()
+        super().__init__(root, **options)
         folders = self.find_folders()
         kinds = [t.kind for t in self.dense_tasks]
         self.datasets = {split: SceneSplit(self.root / SPLIT_FOLDERS[split], folders, kinds, image_size,
@@ -176,12 +157,6 @@ class SceneBenchmark(Benchmark):
         empty = [s for s, d in self.datasets.items() if len(d) == 0]
         if empty:
             raise DatasetNotFound(f"{self.root / SPLIT_FOLDERS[empty[0]] / 'image'} has no .npy files")
-
-    @classmethod
-    def metric_list(cls) -> list[Metric]:
-        """The reported metrics with their directions and single-task baselines."""
-        return [Metric(f"{name}_{m}", name, higher, cls.baselines[f"{name}_{m}"])
-                for name, task in zip(cls.tasks, cls.dense_tasks) for m, higher in task.metrics]
 
     def find_folders(self) -> list[str]:
         """Each task's folder name in this copy of the data (``label_7`` or ``label``, ...)."""
@@ -199,58 +174,6 @@ class SceneBenchmark(Benchmark):
                                       f"train/ and val/ (expected {expected})")
             found.append(hit)
         return found
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return ("train", "test")
-
-    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-        """Batches (images (B, 3, H, W), [targets]); ``seed`` fixes the order and the
-        augmentation (each loader process draws from its own stream of it)."""
-        if split not in self.datasets:
-            raise ValueError(f"unknown split {split!r}; {self.name} has {self.splits}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        data = self.datasets[split]
-        data.rng = np.random.default_rng(seed)
-
-        def reseed(worker: int) -> None:
-            torch.utils.data.get_worker_info().dataset.rng = np.random.default_rng([seed, worker])
-
-        generator = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate,
-                          num_workers=self.num_workers, worker_init_fn=reseed if self.num_workers else None)
-
-    def to_device(self, batch, device: torch.device):
-        images, targets = batch
-        return images.to(device, non_blocking=True), [t.to(device, non_blocking=True) for t in targets]
-
-    def inputs(self, batch) -> Tensor:
-        return batch[0]
-
-    def build_model(self) -> SegNetMTAN:
-        return SegNetMTAN(self.dense_tasks, self.filters)
-
-    def task_losses(self, outputs: list[Tensor], batch) -> Tensor:
-        return torch.stack([t.loss(o, y) for t, o, y in zip(self.dense_tasks, outputs, batch[1])])
-
-    def metric_state(self) -> "SceneMetrics":
-        return SceneMetrics(self.tasks, self.dense_tasks)
-
-
-class SceneMetrics:
-    """Every task's split-level metric accumulator, named ``<task>_<metric>``."""
-
-    def __init__(self, names: Sequence[str], tasks: Sequence[DenseTask]):
-        self.names = list(names)
-        self.states = [t.metric_state() for t in tasks]
-
-    def update(self, outputs: list[Tensor], batch) -> None:
-        for state, out, target in zip(self.states, outputs, batch[1]):
-            state.update(out.detach(), target)
-
-    def compute(self) -> dict[str, float]:
-        return {f"{name}_{k}": v for name, state in zip(self.names, self.states) for k, v in state.compute().items()}
 
 
 def write_scene(root: str | Path, folders: dict[str, str], num_classes: int, sizes: dict[str, int],
@@ -285,3 +208,6 @@ def write_scene(root: str | Path, folders: dict[str, str], num_classes: int, siz
                 np.save(root / split / folder / f"{i}.npy", a)
     return root
 
+
+__all__ = ["SCALES", "SPLIT_FOLDERS", "SceneBenchmark", "SceneSplit", "collate", "resize", "scale_crop_flip",
+           "write_scene"]

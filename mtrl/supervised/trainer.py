@@ -114,7 +114,10 @@ class SupervisedTrainer:
         except DatasetNotFound as exc:
             raise ConfigError(str(exc)) from None
         k = self.bench.num_tasks
-        self.model = self.bench.build_model().to(self.device)
+        try:
+            self.model = self.bench.build_model(**(cfg.get("model") or {})).to(self.device)
+        except TypeError as exc:
+            raise ConfigError(f"model options {cfg.get('model')} do not fit benchmark {self.bench.name}: {exc}") from None
         preset = cfg.get("aggregator_preset")
         self.agg = build_aggregator(cfg["aggregator"], k, preset).to(self.device)
         self.lower_level = isinstance(self.agg, ConsMTL)
@@ -148,8 +151,8 @@ class SupervisedTrainer:
     def _restore(self, state: dict) -> None:
         if state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
             raise CheckpointError(f"{self.ckpt_path} is not a checkpoint of the supervised trainer; use a new run directory")
-        for key in ("benchmark", "aggregator", "aggregator_preset", "mode"):
-            if state["config"].get(key) != self.cfg.get(key):
+        for key in ("benchmark", "model", "aggregator", "aggregator_preset", "mode"):
+            if (state["config"].get(key) or None) != (self.cfg.get(key) or None):
                 raise CheckpointError(f"{self.ckpt_path} was written with a different {key} config; use a new run directory")
         try:
             self.model.load_state_dict(state["model"])
