@@ -16,7 +16,6 @@ import torch
 
 import aggregators
 from aggregators.performance import performance_weights
-from mtrl.metrics import delta_m
 from mtrl.supervised.benchmark import DatasetNotFound
 from mtrl.supervised.cityscapes import CityscapesBenchmark
 from mtrl.supervised.dense_tasks import (ConfusionMatrix, DepthErrors, DepthTask, NormalAngles, NormalTask,
@@ -27,7 +26,7 @@ from mtrl.supervised.registry import benchmark_metrics
 from mtrl.supervised.segnet_mtan import SegNetMTAN
 from mtrl.supervised.tables import load_runs, summarize_runs, table_markdown
 from mtrl.supervised.trainer import SupervisedTrainer, _batched_grad
-from supervised_runs import run_config, train_run
+from supervised_runs import printed_dm_matches, run_config, train_run
 
 ROOT = Path(__file__).resolve().parent.parent
 NYU_FOLDERS = {"segmentation": "label", "depth": "depth", "normal": "normal"}
@@ -149,14 +148,8 @@ PAPER_ROWS = {
 def test_metric_lists_reproduce_the_papers_dm(bench):
     """Our metric order, directions and single-task baselines give the dm% PIVRG prints,
     to within the rounding of the printed numbers."""
-    metrics = benchmark_metrics({"name": bench})
-    baselines = np.array([m.baseline for m in metrics])
     for method, (printed, dm_printed) in PAPER_ROWS[bench].items():
-        values = [float(v) for v in printed.split()]
-        half_units = np.array([0.5 * 10.0 ** -len(v.split(".")[1]) for v in printed.split()])
-        tolerance = 0.005 + 100 * np.mean(half_units / baselines)
-        dm = delta_m(values, baselines, [m.higher_is_better for m in metrics])
-        assert dm == pytest.approx(dm_printed, abs=tolerance), method
+        assert printed_dm_matches(bench, printed, dm_printed), method
 
 
 # -- data layout and augmentation ----------------------------------------------------------
@@ -391,6 +384,8 @@ def test_presets_compose_with_the_papers_protocol():
     assert small.benchmark.name == "nyuv2" and small.benchmark.preset == "small"
     assert dict(nyu.model) == {"name": "segnet_mtan", "filters": [64, 128, 256, 512, 512]}
     assert list(small.model.filters) == [16, 32, 64, 128, 128]
+    from hydra.core.hydra_config import HydraConfig
+    HydraConfig.instance().set_config(small)   # what @hydra.main does: resolves ${hydra:...}
     assert small.hydra.run.dir == "runs/supervised/nyuv2-small/param/ls/seed0"
 
 

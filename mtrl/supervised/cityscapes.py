@@ -5,7 +5,6 @@ accepted.  Shared logic: :mod:`mtan_scene`."""
 
 from __future__ import annotations
 
-from .benchmark import Metric
 from .dense_tasks import DepthTask, SegmentationTask
 from .mtan_scene import SceneBenchmark
 
@@ -21,8 +20,3 @@ class CityscapesBenchmark(SceneBenchmark):
     folders = [("label_7", "label"), "depth"]
     baselines = STL
     default_size = (128, 256)
-
-
-def metric_list() -> list[Metric]:
-    """The four reported metrics (``benchmark_metrics`` reads them without data)."""
-    return CityscapesBenchmark.metric_list()

@@ -53,9 +53,15 @@ class DenseBenchmark(Benchmark):
 
     @classmethod
     def metric_list(cls) -> list[Metric]:
-        """The reported metrics with their directions and single-task baselines."""
-        return [Metric(f"{name}_{m}", name, higher, cls.baselines[f"{name}_{m}"])
-                for name, task in zip(cls.tasks, cls.dense_tasks) for m, higher in task.metrics]
+        """The reported metrics (those with a single-task baseline in ``baselines``, in
+        task order) with their directions; the tasks' other metrics are logged only."""
+        metrics = [Metric(f"{name}_{m}", name, higher, cls.baselines[f"{name}_{m}"])
+                   for name, task in zip(cls.tasks, cls.dense_tasks) for m, higher in task.metrics
+                   if f"{name}_{m}" in cls.baselines]
+        missing = set(cls.baselines) - {m.name for m in metrics}
+        if missing:
+            raise ValueError(f"{cls.__name__}: baselines for metrics no task reports: {sorted(missing)}")
+        return metrics
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -96,6 +102,11 @@ class DenseBenchmark(Benchmark):
         return build_dense_model(name, self.dense_tasks, **options)
 
     def task_losses(self, outputs: list[Tensor], batch) -> Tensor:
+        for name, out, target in zip(self.tasks, outputs, batch[1]):
+            if out.shape[-2:] != target.shape[-2:]:
+                raise ValueError(f"{self.name}: the model's {name} output is {tuple(out.shape[-2:])} pixels but its "
+                                 f"targets are {tuple(target.shape[-2:])}; match them with the model's upsampling "
+                                 "(model.upsample) or the benchmark's target size (e.g. benchmark.target_scale)")
         return torch.stack([t.loss(o, y) for t, o, y in zip(self.dense_tasks, outputs, batch[1])])
 
     def metric_state(self) -> "SceneMetrics":

@@ -25,6 +25,7 @@ bin), so the split's angles never have to be held in memory.
 from __future__ import annotations
 
 import math
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,20 @@ from torch import Tensor
 IGNORE_INDEX = -1
 NORMAL_THRESHOLDS = (11.25, 22.5, 30.0)
 ANGLE_BIN = 1e-3   # degrees per bin of the normal-angle histogram
+
+
+class DenseTask(Protocol):
+    """What a dense benchmark needs of a task (this module's and ``boundary_tasks``')."""
+
+    kind: str
+    out_channels: int
+    metrics: tuple[tuple[str, bool], ...]    # (name, higher is better) of metric_state().compute()
+
+    def activate(self, raw: Tensor) -> Tensor: ...
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor: ...
+
+    def metric_state(self) -> Any: ...
 
 
 class SegmentationTask:
@@ -101,7 +116,6 @@ class NormalTask:
         return NormalAngles()
 
 
-DenseTask = SegmentationTask | DepthTask | NormalTask
 
 
 def valid_mask(target: Tensor) -> Tensor:
@@ -206,3 +220,78 @@ class NormalAngles:
         for t, c in zip(NORMAL_THRESHOLDS, self.within.tolist()):
             values[f"within_{t:g}"] = 100 * c / n if n else math.nan
         return values
+
+
+class InstanceOffsetTask:
+    """Instance segmentation as offset regression (paper 002, Cityscapes three-task): two
+    channels, each pixel's (dy, dx) to its instance's centre; target (B, 2, H, W) with
+    ``ignore_value`` (250) on stuff and void pixels.  Loss L1 over the valid entries;
+    metric ``l1`` = mean |pred - target| over them.  ``faithful=True`` casts both sides
+    to int32 before the difference, as the reference metric does (the published numbers
+    depend on it); False keeps the float values."""
+
+    kind = "instance"
+    out_channels = 2
+    metrics = (("l1", False),)
+
+    def __init__(self, ignore_value: float = 250.0, faithful: bool = True):
+        self.ignore_value, self.faithful = ignore_value, faithful
+
+    def activate(self, raw: Tensor) -> Tensor:
+        return raw
+
+    def valid(self, target: Tensor) -> Tensor:
+        return target != self.ignore_value
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        mask = self.valid(target)
+        return (pred - target).abs()[mask].sum() / mask.sum().clamp(min=1)
+
+    def metric_state(self) -> "MeanError":
+        return MeanError("l1", self.valid, absolute=True, as_int32=self.faithful)
+
+
+class DisparityTask:
+    """Disparity (paper 002, Cityscapes three-task): one channel; target (B, 1, H, W),
+    valid where > 0.  Loss L1 over the valid pixels; metric ``mse`` over them."""
+
+    kind = "disparity"
+    out_channels = 1
+    metrics = (("mse", False),)
+
+    def activate(self, raw: Tensor) -> Tensor:
+        return raw
+
+    @staticmethod
+    def valid(target: Tensor) -> Tensor:
+        return target > 0
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        mask = self.valid(target)
+        return (pred - target).abs()[mask].sum() / mask.sum().clamp(min=1)
+
+    def metric_state(self) -> "MeanError":
+        return MeanError("mse", self.valid, absolute=False)
+
+
+class MeanError:
+    """Mean |pred - target| (``absolute``) or squared error over the entries that
+    ``valid(target)`` keeps, pooled over a split; ``as_int32`` truncates both sides to
+    int32 first."""
+
+    def __init__(self, name: str, valid, absolute: bool, as_int32: bool = False):
+        self.name, self.valid, self.absolute, self.as_int32 = name, valid, absolute, as_int32
+        self.total, self.count = 0.0, 0
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        mask = self.valid(target)
+        p, g = pred[mask], target[mask]
+        if self.as_int32:
+            p, g = p.to(torch.int32), g.to(torch.int32)
+        err = (p.double() - g.double())
+        self.total += float(err.abs().sum() if self.absolute else (err ** 2).sum())
+        self.count += int(mask.sum())
+
+    def compute(self) -> dict[str, float]:
+        return {self.name: self.total / self.count if self.count else math.nan}
+

@@ -12,6 +12,10 @@ BENCHMARKS = {
     "celeba": "celeba:CelebABenchmark",
     "nyuv2": "nyuv2:NYUv2Benchmark",
     "cityscapes": "cityscapes:CityscapesBenchmark",
+    "nyuv2_pspnet": "nyuv2:NYUv2PSPNetBenchmark",
+    "cityscapes3": "cityscapes3:Cityscapes3Benchmark",
+    "nyud": "nyud_pascal_benchmarks:NYUDBenchmark",
+    "pascal_context": "nyud_pascal_benchmarks:PascalContextBenchmark",
 }
 
 
@@ -23,11 +27,13 @@ def benchmark_class(name: str):
 def benchmark_metrics(cfg: dict) -> list:
     """The reported metrics (``Metric``: name, task, direction, single-task baseline) of the
     benchmark that ``cfg`` (a run config's ``benchmark`` section) describes, from its
-    module's ``metric_list`` without reading any data; options the metric list does not
+    class's or module's ``metric_list`` without reading any data; options the metric list does not
     depend on (root, image size, ...) are ignored."""
     name = cfg.get("name")
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; valid: {', '.join(sorted(BENCHMARKS))}")
-    module = importlib.import_module(f"mtrl.supervised.{BENCHMARKS[name].split(':')[0]}")
-    accepted = inspect.signature(module.metric_list).parameters
-    return module.metric_list(**{k: v for k, v in cfg.items() if k in accepted})
+    cls = benchmark_class(name)
+    # the dense benchmarks' classes list their metrics; QM9 and CelebA have a module function
+    metric_list = getattr(cls, "metric_list", None) or importlib.import_module(cls.__module__).metric_list
+    accepted = inspect.signature(metric_list).parameters
+    return metric_list(**{k: v for k, v in cfg.items() if k in accepted})

@@ -116,8 +116,10 @@ class SupervisedTrainer:
         k = self.bench.num_tasks
         try:
             self.model = self.bench.build_model(**(cfg.get("model") or {})).to(self.device)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"model options {cfg.get('model')} do not fit benchmark {self.bench.name}: {exc}") from None
+        except FileNotFoundError as exc:   # model.weights=PATH that is not there
+            raise ConfigError(str(exc)) from None
         preset = cfg.get("aggregator_preset")
         self.agg = build_aggregator(cfg["aggregator"], k, preset).to(self.device)
         self.lower_level = isinstance(self.agg, ConsMTL)
@@ -126,7 +128,7 @@ class SupervisedTrainer:
             raise ConfigError(f"ConsMTL's lower level needs one head per task ({k}), the model has {len(self.model.heads)}")
         params = list(self.model.parameters()) + [p for p in self.agg.parameters() if p.requires_grad]
         self.optimizer = _optimizer(t, params)
-        self.scheduler = _scheduler(t.get("scheduler") or {"name": "none"}, self.optimizer)
+        self.scheduler = _scheduler(t.get("scheduler") or {"name": "none"}, self.optimizer, self.epochs)
         self.epoch = 0
         self.step = 0
         self.best = {"score": math.inf, "epoch": None, "test": None, "selection": None}
@@ -337,10 +339,14 @@ def _optimizer(t: dict, params: list) -> torch.optim.Optimizer:
     raise ConfigError(f"train.optimizer must be adam or sgd, got {name!r}")
 
 
-def _scheduler(s: dict, opt: torch.optim.Optimizer):
+def _scheduler(s: dict, opt: torch.optim.Optimizer, epochs: int):
     """The protocols' schedules: ``step`` (NYU-v2 / Cityscapes: halve at epoch 100),
-    ``plateau`` on the selection dm% (QM9: factor 0.7, patience 5, min lr 1e-5), ``none``."""
+    ``plateau`` on the selection dm% (QM9: factor 0.7, patience 5, min lr 1e-5), ``poly``
+    (paper 004: lr x (1 - epoch / epochs) ** power, power 0.9), ``none``."""
     name = s.get("name", "none")
+    if name == "poly":
+        power = float(s.get("power", 0.9))
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: max(0.0, 1 - epoch / epochs) ** power)
     if name == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=int(s["step_size"]), gamma=float(s.get("gamma", 0.5)))
     if name == "plateau":
@@ -349,4 +355,4 @@ def _scheduler(s: dict, opt: torch.optim.Optimizer):
                                                           min_lr=float(s.get("min_lr", 1e-5)))
     if name == "none":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
-    raise ConfigError(f"train.scheduler.name must be step, plateau or none, got {name!r}")
+    raise ConfigError(f"train.scheduler.name must be step, plateau, poly or none, got {name!r}")

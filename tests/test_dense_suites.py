@@ -1,0 +1,168 @@
+"""The papers' other dense benchmarks in the supervised driver (issue 9): Cityscapes three-
+task from the official folders, NYUv2 with PSPNet, NYUD-v2 four-task and PASCAL-Context
+five-task, on data generated in their real layouts; the printed rows of papers 002 and 004
+against our metric lists; the instance and disparity metrics by hand; fixed "grid search"
+loss weights; clear errors for missing weights."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import aggregators
+from mtrl.configuration import ConfigError
+from mtrl.supervised.dense_tasks import DisparityTask, InstanceOffsetTask
+from mtrl.supervised.trainer import SupervisedTrainer
+from supervised_runs import printed_dm_matches, run_config, train_run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from mtrl.supervised.cityscapes_official import write_cityscapes_official
+    from mtrl.supervised.nyud_pascal import write_nyud, write_pascal_context
+    root = tmp_path_factory.mktemp("suites")
+    write_cityscapes_official(root / "cityscapes3", {"train": 4, "val": 2}, (64, 128))
+    write_nyud(root / "nyud", 4, 2, (32, 48))
+    write_pascal_context(root / "pascal_context", 4, 2, (32, 32))
+    return root
+
+
+OPTIONS = {"cityscapes3": {"image_size": [64, 128]}, "nyud": {"size": [32, 64], "edge_thresholds": 3},
+           "pascal_context": {"size": [32, 32], "edge_thresholds": 3}}
+
+
+def config(data, bench, aggregator, mode="param", model=None, epochs=1, **train):
+    cfg = run_config(bench, data / bench, aggregator, mode, epochs, train,
+                     {"report_last_epochs": 1, **OPTIONS[bench]}, batch_size=2)
+    return {**cfg, "model": model or {}}
+
+
+# -- the papers' printed rows ----------------------------------------------------------------
+
+# paper 002 Table 1 (mIoU, instance L1, disparity MSE; dm%) and paper 004 Table II (ResNet-18;
+# its dm% is higher-is-better, ours lower-is-better)
+PAPER_ROWS = {
+    "cityscapes3": [("52.98 10.89 0.39", 14.30, 1), ("60.12 9.87 0.33", 1.53, 1), ("64.84 11.90 0.37", 9.38, 1)],
+    "nyud": [("39.70 0.6030 23.37 67.10", -2.93, -1), ("39.87 0.5999 22.74 72.40", -0.15, -1),
+             ("39.91 0.5953 22.37 72.70", 0.59, -1)],
+    # PASCAL in our task order (semantic, parts, saliency, normals, edge; the paper prints normals before saliency)
+    # (its Grid Search row, 65.10 59.28 14.39 83.91 65.50, gives 2.78, not the printed 2.64: the paper's own mismatch)
+    "pascal_context": [("66.52 60.02 83.25 14.99 62.50", -4.04, -1), ("64.69 59.82 83.43 14.71 66.10", -3.12, -1)],
+}
+
+
+@pytest.mark.parametrize("bench", sorted(PAPER_ROWS))
+def test_metric_lists_reproduce_the_papers_dm(bench):
+    for printed, dm, sign in PAPER_ROWS[bench]:
+        assert printed_dm_matches(bench, printed, dm, sign), printed
+
+
+def test_nyuv2_pspnet_row_of_paper_002():
+    # Table 3, Uniform: the within-angle ratios printed as fractions, in % here
+    assert printed_dm_matches("nyuv2_pspnet", "45.21 69.70 0.49 0.21 26.10 21.08 26.0 52.0 66.0", 8.97)
+
+
+# -- the new metrics by hand -------------------------------------------------------------------
+
+def test_instance_offset_l1_with_and_without_the_int32_cast():
+    target = torch.tensor([[[[1.5, 250.0], [-2.7, 0.2]], [[0.0, 250.0], [3.9, -0.4]]]])
+    pred = torch.tensor([[[[2.6, 9.0], [-2.1, 0.0]], [[0.4, 9.0], [2.2, 0.9]]]])
+    faithful, corrected = InstanceOffsetTask().metric_state(), InstanceOffsetTask(faithful=False).metric_state()
+    faithful.update(pred, target)
+    corrected.update(pred, target)
+    # six valid entries; int32 truncation: |2-1|, |-2+2|, |0-0|, |0-0|, |2-3|, |0-0| -> 2 / 6
+    assert faithful.compute()["l1"] == pytest.approx(2 / 6)
+    assert corrected.compute()["l1"] == pytest.approx((1.1 + 0.6 + 0.2 + 0.4 + 1.7 + 1.3) / 6)
+    assert float(InstanceOffsetTask().loss(pred, target)) == pytest.approx((1.1 + 0.6 + 0.2 + 0.4 + 1.7 + 1.3) / 6)
+
+
+def test_disparity_mse_over_positive_targets():
+    target = torch.tensor([[[[0.5, 0.0], [2.0, 1.0]]]])
+    pred = torch.tensor([[[[1.0, 7.0], [1.0, 1.0]]]])
+    m = DisparityTask().metric_state()
+    m.update(pred, target)
+    assert m.compute()["mse"] == pytest.approx((0.25 + 1.0 + 0.0) / 3)
+    assert float(DisparityTask().loss(pred, target)) == pytest.approx((0.5 + 1.0) / 3)
+
+
+def test_fixed_loss_weights_scale_each_task():
+    agg = aggregators.make("ls", 3, loss_weights=[1, 2, 50])
+    losses = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    agg.loss(losses).backward()
+    assert losses.grad.tolist() == [1.0, 2.0, 50.0]
+    with pytest.raises(ValueError, match="one weight per task"):
+        aggregators.make("ls", 3, loss_weights=[1, 2])
+    assert "loss_weights" not in agg.state_dict()      # from the config: old checkpoints still load
+
+
+# -- training ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bench,aggregator,mode,model", [
+    ("nyud", "ls", "param", None), ("nyud", "pivrg", "param", None), ("nyud", "aligned_mtl", "rep", None),
+    ("nyud", "consmtl", "param", None), ("nyud", "avgnorm", "param", None),
+    ("pascal_context", "pivrg", "param", None), ("pascal_context", "aligned_mtl", "rep", {"name": "hrnet18"}),
+    ("cityscapes3", "consmtl", "param", None), ("cityscapes3", "aligned_mtl", "rep", {"name": "resnet18_aspp"})])
+def test_suites_train_with_the_papers_methods(data, tmp_path, single_thread, bench, aggregator, mode, model):
+    pytest.importorskip("torchvision")
+    if model and model["name"] == "hrnet18":
+        pytest.importorskip("timm")
+    pytest.importorskip("pyEdgeEval")
+    cfg = config(data, bench, aggregator, mode, model)
+    if bench == "cityscapes3" and model:   # ResNet-ASPP predicts at full resolution: targets too
+        cfg["benchmark"]["target_scale"] = 1
+    tr, res = train_run(cfg, tmp_path)
+    names = [m.name for m in tr.bench.metrics]
+    assert sorted(res["metrics"]) == sorted(set(res["metrics"]))
+    assert set(names) <= set(res["metrics"]) and res["reported_epochs"] == [1]
+    assert all(torch.isfinite(p).all() for p in tr.model.parameters())
+    default = {"cityscapes3": "PSPNet", "nyud": "ResNetASPP", "pascal_context": "ResNetASPP"}[bench]
+    assert type(tr.model).__name__ == (default if model is None else {"hrnet18": "HRNet",
+                                                                       "resnet18_aspp": "ResNetASPP"}[model["name"]])
+
+
+def test_nyud_learns_with_segnet_mtan(data, tmp_path, single_thread):
+    """Every dense benchmark also runs on SegNet-MTAN and learns over a few epochs."""
+    pytest.importorskip("pyEdgeEval")
+    cfg = config(data, "nyud", "ls", model={"name": "segnet_mtan", "filters": [4, 8, 8, 16, 16]}, epochs=8,
+                 lr=3e-3)
+    tr, _ = train_run(cfg, tmp_path)
+    import json
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # the generated labels are random, depth, normals and edges are not: the training dm% falls
+    assert lines[-1]["train_delta_m"] < lines[0]["train_delta_m"] - 30
+    assert lines[-1]["train_loss"]["depth"] < 0.8 * lines[0]["train_loss"]["depth"]
+
+
+def test_output_and_target_sizes_must_match(data, tmp_path):
+    pytest.importorskip("torchvision")
+    tr = SupervisedTrainer(config(data, "cityscapes3", "ls", model={"name": "pspnet", "upsample": 8}), tmp_path)
+    batch = next(iter(tr.bench.loader("train", 2, shuffle=False)))
+    with pytest.raises(ValueError, match=r"semantic output is \(64, 128\) pixels but its targets are \(8, 16\)"):
+        tr.train_step(batch)
+    tr.close()
+
+
+def test_missing_weights_are_a_clear_error(data, tmp_path):
+    pytest.importorskip("torchvision")
+    cfg = config(data, "nyud", "ls", model={"name": "resnet18_aspp", "weights": str(tmp_path / "resnet18.pth")})
+    with pytest.raises(ConfigError, match="model.weights"):
+        SupervisedTrainer(cfg, tmp_path / "run")
+    cfg = config(data, "nyud", "ls", model={"name": "nope"})
+    with pytest.raises(ConfigError, match="unknown dense model 'nope'"):
+        SupervisedTrainer(cfg, tmp_path / "run2")
+
+
+def test_presets_compose():
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        nyud = compose("supervised", overrides=["benchmark=nyud", "aggregator=grid_search"])
+        pascal = compose("supervised", overrides=["benchmark=pascal_context", "aggregator=grid_search_reference"])
+        cs3 = compose("supervised", overrides=["benchmark=cityscapes3"])
+        psp = compose("supervised", overrides=["benchmark=nyuv2_pspnet"])
+    assert list(nyud.aggregator.loss_weights) == [1, 1, 2, 50] and nyud.model.name == "resnet18_aspp"
+    assert list(pascal.aggregator.loss_weights) == [1, 2, 5, 10, 50]
+    assert dict(nyud.train.scheduler) == {"name": "poly", "power": 0.9} and nyud.train.weight_decay == 1e-4
+    assert cs3.model.name == "pspnet" and cs3.benchmark.variant == "faithful" and cs3.train.batch_size == 8
+    assert psp.model.upsample == 8 and psp.train.epochs == 40 and psp.benchmark.name == "nyuv2_pspnet"
