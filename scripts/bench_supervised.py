@@ -19,6 +19,9 @@ shapes, with the benchmark's own model and losses; no data set is read.
 * NYU-v2 / Cityscapes: random images and targets of 288 x 384 / 128 x 256 written in the
   MTAN .npy layout and read by the benchmark's own loader; SegNet-MTAN (44.2M parameters;
   ``--nyuv2-batch`` / ``--cityscapes-batch``, the papers' 2 / 8).
+* Cityscapes three-task / PASCAL-Context: random scenes of 256 x 512 / 512 x 512 in the
+  official Cityscapes / PASCAL_MT layouts; PSPNet (dilated ResNet-50) / dilated ResNet-18
+  with ASPP heads (``--cityscapes3-batch`` / ``--pascal-context-batch``, the papers' 8).
 
 On a CPU the defaults are far smaller batches (QM9 4 molecules, CelebA 2 images,
 NYU-v2 1 image, Cityscapes 2 images), 1
@@ -56,15 +59,19 @@ from mtrl.supervised.qm9 import DEFAULT_TARGETS, NODE_FEATURES, TARGET_NAMES, Co
 from mtrl.supervised.trainer import MODES, SupervisedTrainer  # noqa: E402
 
 AGGREGATORS = ("ls", "pivrg", "consmtl", "nash_mtl", "fairgrad", "cagrad", "pcgrad", "famo", "mgda", "aligned_mtl")
-BENCHMARKS = ("qm9", "celeba", "nyuv2", "cityscapes")
-PAPER_BATCH = {"qm9": 120, "celeba": 256, "nyuv2": 2, "cityscapes": 8}
-CPU_BATCH = {"qm9": 4, "celeba": 2, "nyuv2": 1, "cityscapes": 2}
+BENCHMARKS = ("qm9", "celeba", "nyuv2", "cityscapes", "cityscapes3", "pascal_context")
+PAPER_BATCH = {"qm9": 120, "celeba": 256, "nyuv2": 2, "cityscapes": 8, "cityscapes3": 8, "pascal_context": 8}
+CPU_BATCH = {"qm9": 4, "celeba": 2, "nyuv2": 1, "cityscapes": 2, "cityscapes3": 2, "pascal_context": 2}
+#: paper 002 / 004 benchmarks: shape of the written images, their default models (PSPNet, ResNet-18 + ASPP)
+SUITES = {"cityscapes3": (256, 512), "pascal_context": (512, 512)}
 SCENE = {"nyuv2": ("mtrl.supervised.nyuv2:NYUv2Benchmark", {"segmentation": "label", "depth": "depth",
                                                             "normal": "normal"}, 13, (288, 384)),
          "cityscapes": ("mtrl.supervised.cityscapes:CityscapesBenchmark", {"segmentation": "label_7",
                                                                            "depth": "depth"}, 7, (128, 256))}
 QUICK = {"qm9_batch": 4, "qm9_atoms": (4, 8), "qm9_hidden": 16, "celeba_batch": 2, "image_size": 16,
          "nyuv2_batch": 1, "cityscapes_batch": 2, "scene_size": (32, 64), "scene_filters": (4, 8, 8, 16, 16),
+         "cityscapes3_batch": 2, "pascal_context_batch": 2, "suite_size": {"cityscapes3": (64, 128),
+                                                                            "pascal_context": (32, 32)},
          "repeats": 1, "warmup": 1}
 
 
@@ -129,6 +136,24 @@ def scene_setup(name: str, batch_size: int, size, filters, data_root: str):
     bench = getattr(importlib.import_module(module), cls)(root)
     model = {"name": "segnet_mtan", "filters": list(filters or FILTERS)}
     return bench, next(iter(bench.loader("train", batch_size, shuffle=False))), shape, model
+
+
+def suite_setup(name: str, batch_size: int, shape, data_root: str):
+    """Paper 002 / 004 benchmarks on random data written in their real layouts (official
+    Cityscapes folders, PASCAL_MT), with their default models; returns what
+    :func:`scene_setup` does."""
+    from mtrl.supervised.registry import benchmark_class
+
+    root = os.path.join(data_root, name)
+    if name == "cityscapes3":
+        from mtrl.supervised.cityscapes_official import write_cityscapes_official
+        write_cityscapes_official(root, {"train": batch_size, "val": 1}, shape)
+        bench = benchmark_class(name)(root, image_size=shape)
+    else:
+        from mtrl.supervised.nyud_pascal import write_pascal_context
+        write_pascal_context(root, batch_size, 1, shape)
+        bench = benchmark_class(name)(root, size=shape)
+    return bench, next(iter(bench.loader("train", batch_size, shuffle=False))), shape, {}
 
 
 class Entry:
@@ -201,7 +226,7 @@ def comma_list(choices):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--benchmarks", type=comma_list(BENCHMARKS), default=list(BENCHMARKS),
-                    help="comma-separated (default: all four)")
+                    help="comma-separated (default: all)")
     ap.add_argument("--aggregators", type=comma_list(aggregators.available()), default=list(AGGREGATORS),
                     help=f"comma-separated registry names (default {','.join(AGGREGATORS)}); ls is always "
                          "timed too, as the ratios' baseline")
@@ -214,6 +239,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--celeba-batch", type=int, default=None, help="images per batch (default 256; 2 on CPU)")
     ap.add_argument("--nyuv2-batch", type=int, default=None, help="images per batch (default 2; 1 on CPU)")
     ap.add_argument("--cityscapes-batch", type=int, default=None, help="images per batch (default 8; 2 on CPU)")
+    ap.add_argument("--cityscapes3-batch", type=int, default=None, help="images per batch (default 8; 2 on CPU: batch norm after global pooling needs 2)")
+    ap.add_argument("--pascal-context-batch", type=int, default=None, help="images per batch (default 8; 2 on CPU: batch norm after global pooling needs 2)")
     ap.add_argument("--repeats", type=int, default=None, help="timed steps per method (default 5; 3 on CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps per method first (default 2; 1 on CPU)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
@@ -222,7 +249,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="tiny shapes (QM9 4 molecules of 4-8 atoms, hidden 16; CelebA 2 images of 16 x 16; "
                          "NYU-v2 / Cityscapes 32 x 64 with a narrow SegNet-MTAN), 1 repeat")
     args = ap.parse_args(argv)
-    for name in ("qm9_batch", "celeba_batch", "nyuv2_batch", "cityscapes_batch", "repeats", "threads"):
+    for name in ("qm9_batch", "celeba_batch", "nyuv2_batch", "cityscapes_batch", "cityscapes3_batch",
+                 "pascal_context_batch", "repeats", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -241,6 +269,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.image_size = quick.get("image_size", 64)
     args.scene_size, args.scene_filters = quick.get("scene_size"), quick.get("scene_filters")
     args.model_of = {}
+    args.suite_size = quick.get("suite_size", {})
     args.aggregators = ["ls"] + [a for a in dict.fromkeys(args.aggregators) if a != "ls"]
     args.reference = [] if args.no_reference else [a for a in args.reference if a in args.aggregators]
     return args
@@ -284,6 +313,16 @@ def print_table(args: argparse.Namespace) -> None:
                 n = sum(p.numel() for p in bench.build_model(**model).parameters())
                 print(f"{name}: k={bench.num_tasks}, batch {args.batch_of[name]} images of {shape[0]} x {shape[1]}, "
                       f"SegNet-MTAN filters {model['filters']} ({n / 1e6:.1f}M parameters){paper_note(name, args)}")
+        for name, default in SUITES.items():
+            if name in args.benchmarks:
+                shape = args.suite_size.get(name, default)
+                bench, batch, shape, model = suite_setup(name, args.batch_of[name], shape,
+                                                         os.path.join(run_root, "data"))
+                setups[name] = (bench, batch)
+                built = bench.build_model()
+                n = sum(p.numel() for p in built.parameters())
+                print(f"{name}: k={bench.num_tasks}, batch {args.batch_of[name]} images of {shape[0]} x {shape[1]}, "
+                      f"{type(built).__name__} ({n / 1e6:.1f}M parameters){paper_note(name, args)}")
         print()
         print("| benchmark | mode | aggregator | per-task gradients | ms/step | x ls |")
         print("|---|---|---|---|---:|---:|")

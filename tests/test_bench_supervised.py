@@ -52,3 +52,15 @@ def test_quick_run_on_the_dense_benchmarks_reads_their_real_layout(capsys):
     assert [(r[0], r[2]) for r in rows] == [("nyuv2", "ls"), ("nyuv2", "consmtl"), ("cityscapes", "ls"),
                                            ("cityscapes", "consmtl")]
     assert all(float(r[4]) > 0 for r in rows)
+
+
+def test_quick_run_on_the_paper_002_and_004_benchmarks(capsys):
+    import pytest
+    pytest.importorskip("torchvision")
+    pytest.importorskip("pyEdgeEval")
+    bench = _bench()
+    assert bench.main(["--quick", "--threads", "1", "--benchmarks", "pascal_context", "--modes", "rep",
+                       "--aggregators", "aligned_mtl", "--no-reference", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "pascal_context: k=5, batch 2 images of 32 x 32, ResNetASPP" in out
+    assert [(r[0], r[2]) for r in _rows(out)] == [("pascal_context", "ls"), ("pascal_context", "aligned_mtl")]

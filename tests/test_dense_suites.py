@@ -166,3 +166,24 @@ def test_presets_compose():
     assert dict(nyud.train.scheduler) == {"name": "poly", "power": 0.9} and nyud.train.weight_decay == 1e-4
     assert cs3.model.name == "pspnet" and cs3.benchmark.variant == "faithful" and cs3.train.batch_size == 8
     assert psp.model.upsample == 8 and psp.train.epochs == 40 and psp.benchmark.name == "nyuv2_pspnet"
+
+
+def test_last_shared_layer_gradient_norms_and_cosines_are_logged(data, tmp_path):
+    """Paper 004's imbalance signal: per-task gradient norms on the last shared layer, and
+    each task gradient's cosine with the update applied there, at diagnostics steps."""
+    cfg = config(data, "nyud", "avgnorm", model={"name": "segnet_mtan", "filters": [4, 8, 8, 16, 16]},
+                 diagnostics_every=1)
+    tr = SupervisedTrainer(cfg, tmp_path)
+    batch = next(iter(tr.bench.loader("train", 2, shuffle=False)))
+    params = tr.model.last_shared_parameters()
+    assert params and all(any(p is q for q in tr.model.shared_parameters()) for p in params)
+    losses = tr.bench.task_losses(tr.model(tr.bench.inputs(batch)), batch)
+    G = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(l, params, retain_graph=True)])
+                     for l in losses])
+    tr.train_step(batch)     # same batch and parameters: the same gradients
+    d = torch.cat([p.grad.flatten() for p in params])
+    for i, task in enumerate(tr.bench.tasks):
+        assert tr.last_layer[f"last_layer_grad_norm/{task}"] == pytest.approx(float(G[i].norm()), rel=1e-4)
+        cos = float(G[i] @ d / (G[i].norm() * d.norm()))
+        assert tr.last_layer[f"last_layer_cosine/{task}"] == pytest.approx(cos, rel=1e-4, abs=1e-6)
+    tr.close()

@@ -73,6 +73,14 @@ class MultiTaskModel(nn.Module, ABC):
     def task_parameters(self) -> list[nn.Parameter]:
         return list(self.heads.parameters())
 
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """The last shared layer's parameters (paper 004 measures the per-task gradient
+        norms there): the encoder's last convolution or linear layer in module order."""
+        layers = [m for m in self.encoder.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Conv1d))]
+        if not layers:
+            raise ValueError(f"{type(self).__name__} has no convolution or linear layer in its encoder")
+        return [p for p in layers[-1].parameters() if p.requires_grad]
+
 
 class Benchmark(ABC):
     """Base class of the supervised benchmarks (see the module docstring)."""

@@ -131,6 +131,7 @@ class SupervisedTrainer:
         self.scheduler = _scheduler(t.get("scheduler") or {"name": "none"}, self.optimizer, self.epochs)
         self.epoch = 0
         self.step = 0
+        self.last_layer: dict[str, float] | None = None
         self.best = {"score": math.inf, "epoch": None, "test": None, "selection": None}
         self.recent: list[tuple[int, dict]] = []   # (epoch, test metrics) of the last report_last_epochs
 
@@ -180,6 +181,7 @@ class SupervisedTrainer:
         names = tuple(self.bench.tasks)
         diag = self.diagnostics_every > 0 and self.step % self.diagnostics_every == 0
         shared = self.model.shared_parameters()
+        last = self._last_layer_grads(losses) if diag else None
         if self.lower_level:
             rep_grads = _batched_grad(losses, z, create_graph=True)
             head_grads = torch.autograd.grad(losses.sum(), self.model.task_parameters(), retain_graph=True)
@@ -190,12 +192,22 @@ class SupervisedTrainer:
         else:
             info = aggregators.backward(list(losses), shared, self.agg, features=z if self.mode == "rep" else None,
                                         diagnostics=diag, task_names=names, per_task=self.per_task)
+        self.last_layer = None if last is None else _last_layer_scalars(last, names)
         self.optimizer.step()
         if self.after_step:  # FAMO: the losses of the updated model on the same batch
             with torch.no_grad():
                 self.agg.after_step(self.bench.task_losses(self.model(self.bench.inputs(batch)), batch))
         self.last_outputs = [o.detach() for o in outputs]
         return info
+
+    def _last_layer_grads(self, losses: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """(k per-task gradients on the last shared layer (k, n), its parameters): paper
+        004's imbalance signal; the applied update on them is read after the backward."""
+        params = self.model.last_shared_parameters()
+        eye = torch.eye(losses.numel(), dtype=losses.dtype, device=losses.device)
+        grads = torch.autograd.grad(losses, params, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
+                                    allow_unused=True, materialize_grads=True)
+        return torch.cat([g.flatten(1) for g in grads], dim=1), params
 
     def _lower_level(self, rep_grads: torch.Tensor, head_grads) -> None:
         """ConsMTL eqs. 7-8: head i's gradient is grad l_i + the clipped gradient of
@@ -254,6 +266,8 @@ class SupervisedTrainer:
                 self.step += 1
                 if self.step % self.log_every == 0 or info.diagnostics is not None:
                     self.log.scalars({f"train/{k}": v for k, v in info.log_dict().items()}, self.step)
+                if self.last_layer is not None:
+                    self.log.scalars({f"train/{k}": v for k, v in self.last_layer.items()}, self.step)
             bar.close()
             self.agg.end_epoch()
             values = {"train": train_state.compute()}
@@ -321,6 +335,19 @@ def _batched_grad(losses: torch.Tensor, z, create_graph: bool = False) -> torch.
     grads = torch.autograd.grad(losses, feats, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
                                 create_graph=create_graph, allow_unused=True, materialize_grads=True)
     return grads[0] if isinstance(z, torch.Tensor) else torch.cat([g.flatten(1) for g in grads], dim=1)
+
+
+def _last_layer_scalars(last: tuple[torch.Tensor, list], names) -> dict[str, float]:
+    """Per-task gradient norms on the last shared layer and each task gradient's cosine
+    with the update applied there (the parameters' ``.grad`` after the backward)."""
+    G, params = last
+    d = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]).to(G.dtype)
+    norms = G.norm(dim=1)
+    cos = (G @ d) / (norms * d.norm()).clamp(min=torch.finfo(G.dtype).tiny)
+    values = torch.cat([norms, cos]).tolist()
+    k = len(names)
+    return {**{f"last_layer_grad_norm/{n}": values[i] for i, n in enumerate(names)},
+            **{f"last_layer_cosine/{n}": values[k + i] for i, n in enumerate(names)}}
 
 
 def _group_by_head(model, params: list) -> list[list[int]]:
