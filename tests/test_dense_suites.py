@@ -6,6 +6,7 @@ loss weights; clear errors for missing weights."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -187,3 +188,30 @@ def test_last_shared_layer_gradient_norms_and_cosines_are_logged(data, tmp_path)
         cos = float(G[i] @ d / (G[i].norm() * d.norm()))
         assert tr.last_layer[f"last_layer_cosine/{task}"] == pytest.approx(cos, rel=1e-4, abs=1e-6)
     tr.close()
+
+
+def test_table_reports_the_mean_loss_weights_of_paper_004(data, tmp_path, single_thread):
+    """Tables VI-VII: grid search shows its fixed weights, AvgNorm the mean of the weights
+    it applied over the training steps (the per-epoch means in metrics.jsonl, step-weighted)."""
+    pytest.importorskip("pyEdgeEval")
+    import json
+
+    from mtrl.supervised.tables import csv_columns, csv_rows, load_runs, summarize_runs, table_markdown
+    model = {"name": "segnet_mtan", "filters": [4, 8, 8, 16, 16]}
+    grid = config(data, "nyud", "ls", model=model, epochs=2)
+    grid["aggregator"]["loss_weights"] = [1, 1, 2, 50]
+    _, grid_res = train_run(grid, tmp_path / "grid")
+    _, avg_res = train_run(config(data, "nyud", "avgnorm", model=model, epochs=2), tmp_path / "avgnorm")
+    assert grid_res["mean_weights"] == {"semantic": 1.0, "depth": 1.0, "normals": 2.0, "edge": 50.0}
+    lines = [json.loads(l) for l in (tmp_path / "avgnorm" / "metrics.jsonl").read_text().splitlines()]
+    for task in ("semantic", "edge"):     # two epochs of two steps each: the mean of the epoch means
+        expected = np.mean([l["mean_weights"][task] for l in lines])
+        assert avg_res["mean_weights"][task] == pytest.approx(expected)
+    tables, problems = summarize_runs(load_runs([tmp_path])[0])
+    assert not problems and len(tables) == 1
+    text = table_markdown(tables[0])
+    assert "λ edge" in text and "| 50 |" in text
+    header = csv_columns(tables[0])
+    rows = {r[header.index("aggregator")]: dict(zip(header, r)) for r in csv_rows(tables[0])}
+    assert rows["ls"]["lambda_normals"] == 2.0
+    assert rows["avgnorm"]["lambda_edge"] == pytest.approx(avg_res["mean_weights"]["edge"])

@@ -118,6 +118,20 @@ class MethodRow:
         return [m.task for m in self.metrics]
 
     @property
+    def task_names(self) -> list[str]:
+        """The tasks, in the order of their first metric."""
+        return list(dict.fromkeys(self._tasks))
+
+    @property
+    def mean_weights(self) -> list[float] | None:
+        """The seed mean of each task's mean applied weight over training (``mean_weights``
+        of results.json; paper 004's lambda_t in Tables VI-VII); None unless every seed has it."""
+        found = [r.results.get("mean_weights") for r in self.runs]
+        if not all(found):
+            return None
+        return [float(np.mean([w[t] for w in found])) for t in self.task_names]
+
+    @property
     def delta_m(self) -> float:
         """dm% of the seed-mean metrics (= the mean of the per-seed dm%)."""
         return mtl_metrics.delta_m(*self._args(self.mean))
@@ -363,16 +377,20 @@ def table_markdown(table: Table) -> str:
     task-weighted dm% when a task reports several metrics)."""
     variant = any(r.variant for r in table.rows)
     weighted = not table.one_metric_per_task
+    tasks = _lambda_tasks(table)
+    lambdas = bool(tasks)
     header = (["method"] + (["variant"] if variant else []) + ["seeds"]
               + [f"{m.name} {_arrow(m.higher_is_better)}" for m in table.metrics]
-              + ["MR ↓", "dm% ↓", "Var[dm_i] ↓"] + (["task-weighted dm% ↓"] if weighted else []))
+              + ["MR ↓", "dm% ↓", "Var[dm_i] ↓"] + (["task-weighted dm% ↓"] if weighted else [])
+              + ([f"λ {t}" for t in tasks] if lambdas else []))
     rows = [["STL"] + ([""] if variant else []) + ["-"] + [_num(m.baseline) for m in table.metrics]
-            + ["-", "0.00", "0.00"] + (["0.00"] if weighted else [])]
+            + ["-", "0.00", "0.00"] + (["0.00"] if weighted else []) + (["-"] * len(tasks) if lambdas else [])]
     for r in table.rows:
         rows.append([r.method] + ([r.variant] if variant else [])
                     + [str(r.n)] + [_num(x) for x in r.mean] + [f"{r.mr:.2f}", _pm(r.delta_m, r.delta_m_sem, sign="+"),
                                                                  f"{r.delta_m_var:.2f}"]
-                    + ([f"{r.task_weighted_delta_m:+.2f}"] if weighted else []))
+                    + ([f"{r.task_weighted_delta_m:+.2f}"] if weighted else [])
+                    + (([_num(w) for w in r.mean_weights] if r.mean_weights else ["-"] * len(tasks)) if lambdas else []))
     reports = sorted({r.results.get("report", "selected epoch") for row in table.rows for r in row.runs})
     when = "; ".join("at the selected epoch" if rep == "selected epoch" else rep for rep in reports)
     text = (f"# {table.stem}: test metrics ({when}), mean over seeds\n\n"
@@ -381,7 +399,8 @@ def table_markdown(table: Table) -> str:
             "positive = worse), of the seed-mean metrics ± the s.e.m. of the per-seed dm% (dm% is linear "
             "in the metrics, so the two means agree). Var[dm_i]: variance of the per-task drops of the "
             "seed-mean metrics. MR: mean rank over the metrics among the methods of this table (1 = best; "
-            "STL not ranked).\n\n")
+            "STL not ranked)." + (" λ: each task's applied weight averaged over the training steps "
+                                  "(paper 004, Tables VI-VII)." if lambdas else "") + "\n\n")
     return text + markdown_table(header, rows)
 
 
@@ -393,8 +412,16 @@ def document_markdown(table: Table, problems: list[Problem]) -> str:
 
 
 def csv_columns(table: Table) -> list[str]:
-    """``FIXED_COLUMNS``, then each metric's seed mean (``<metric>``) and s.e.m. (``<metric>_sem``)."""
-    return list(FIXED_COLUMNS) + [c for m in table.metrics for c in (m.name, f"{m.name}_sem")]
+    """``FIXED_COLUMNS``, then each metric's seed mean (``<metric>``) and s.e.m. (``<metric>_sem``),
+    then, where some row has them, each task's mean applied weight (``lambda_<task>``, empty
+    for rows without)."""
+    return (list(FIXED_COLUMNS) + [c for m in table.metrics for c in (m.name, f"{m.name}_sem")]
+            + [f"lambda_{t}" for t in _lambda_tasks(table)])
+
+
+def _lambda_tasks(table: Table) -> list[str]:
+    """The tasks of the lambda columns: all of them if some row has mean weights, else none."""
+    return table.rows[0].task_names if any(r.mean_weights is not None for r in table.rows) else []
 
 
 def csv_rows(table: Table) -> list[list]:
@@ -404,7 +431,8 @@ def csv_rows(table: Table) -> list[list]:
         rows.append([r.benchmark, table.stem, r.label, r.aggregator, r.mode, r.variant, r.n,
                      " ".join(map(str, r.seeds)), r.mr, r.delta_m, r.delta_m_sem, r.delta_m_var,
                      r.delta_m_var_metrics, float(var_seeds.mean()), sem(var_seeds), r.task_weighted_delta_m]
-                    + [x for pair in zip(r.mean, r.sem) for x in pair])
+                    + [x for pair in zip(r.mean, r.sem) for x in pair]
+                    + ((r.mean_weights or [""] * len(r.task_names)) if _lambda_tasks(table) else []))
     return rows
 
 

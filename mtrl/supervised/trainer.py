@@ -132,6 +132,10 @@ class SupervisedTrainer:
         self.epoch = 0
         self.step = 0
         self.last_layer: dict[str, float] | None = None
+        # sum over all steps of the weights the method applied, and the step count (paper
+        # 004's Tables VI-VII report the mean loss weight over the training)
+        self.weights_sum = torch.zeros(self.bench.num_tasks, dtype=torch.float64)
+        self.weights_steps = 0
         self.best = {"score": math.inf, "epoch": None, "test": None, "selection": None}
         self.recent: list[tuple[int, dict]] = []   # (epoch, test metrics) of the last report_last_epochs
 
@@ -148,8 +152,9 @@ class SupervisedTrainer:
         return {"format": CHECKPOINT_FORMAT, "config": self.cfg, "epoch": self.epoch, "step": self.step,
                 "model": self.model.state_dict(), "aggregator": self.agg.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "best": self.best, "recent": self.recent, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                                           "python": random.getstate()}}
+                "best": self.best, "recent": self.recent,
+                "weights_sum": self.weights_sum, "weights_steps": self.weights_steps,
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
 
     def _restore(self, state: dict) -> None:
         if state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
@@ -166,6 +171,8 @@ class SupervisedTrainer:
             raise CheckpointError(f"{self.ckpt_path} does not fit this run ({exc}); use a new run directory") from None
         self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), state["best"]
         self.recent = [tuple(r) for r in state.get("recent", [])]
+        self.weights_sum = state.get("weights_sum", self.weights_sum).to(torch.float64).cpu()
+        self.weights_steps = int(state.get("weights_steps", 0))
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
@@ -254,6 +261,8 @@ class SupervisedTrainer:
             loader = self.bench.loader("train", self.batch_size, shuffle=True, seed=self.seed * 100_003 + self.epoch)
             n = len(loader) if self.max_batches is None else min(len(loader), int(self.max_batches))
             losses_sum = torch.zeros(self.bench.num_tasks, dtype=torch.float64, device=self.device)
+            weights_sum = torch.zeros(self.bench.num_tasks, dtype=torch.float64, device=self.device)
+            weighted_steps = 0
             bar = tqdm(loader, total=n, desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="batch",
                        dynamic_ncols=True, mininterval=1.0, leave=False)
             for i, batch in enumerate(bar):
@@ -263,6 +272,9 @@ class SupervisedTrainer:
                 info = self.train_step(batch)
                 train_state.update(self.last_outputs, batch)
                 losses_sum += info.losses.to(torch.float64)
+                if info.weights is not None:
+                    weights_sum += info.weights.detach().to(device=self.device, dtype=torch.float64)
+                    weighted_steps += 1
                 self.step += 1
                 if self.step % self.log_every == 0 or info.diagnostics is not None:
                     self.log.scalars({f"train/{k}": v for k, v in info.log_dict().items()}, self.step)
@@ -295,6 +307,10 @@ class SupervisedTrainer:
                 record["test_delta_m"], record["test_delta_m_i"] = selection_score(values["test"], self.bench)
             if self.agg.weights is not None:
                 record["weights"] = self.agg.weights.detach().cpu().tolist()
+            if weighted_steps:
+                record["mean_weights"] = dict(zip(self.bench.tasks, (weights_sum / weighted_steps).tolist()))
+                self.weights_sum += weights_sum.cpu()
+                self.weights_steps += weighted_steps
             if hasattr(self.agg, "omega"):
                 record["omega"] = self.agg.omega.detach().cpu().tolist()
             self.log.evaluation(record)
@@ -319,6 +335,8 @@ class SupervisedTrainer:
             test = {m: float(np.mean([r[m] for _, r in self.recent])) for m in self.recent[0][1]}
             report = {"report": f"mean of the last {len(self.recent)} epochs",
                       "reported_epochs": [e for e, _ in self.recent]}
+        if self.weights_steps:   # the mean weight of each task over all training steps
+            report["mean_weights"] = dict(zip(self.bench.tasks, (self.weights_sum / self.weights_steps).tolist()))
         return {"benchmark": self.bench.name, "aggregator": self.cfg["aggregator"]["name"], "mode": self.mode,
                 "seed": self.seed, "selected_epoch": self.best["epoch"], "selection_split": self.bench.selection_split,
                 **report, "metrics": test, **delta_m_report(test, self.bench)}
