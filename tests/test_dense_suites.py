@@ -27,16 +27,21 @@ def data(tmp_path_factory):
     write_cityscapes_official(root / "cityscapes3", {"train": 4, "val": 2}, (64, 128))
     write_nyud(root / "nyud", 4, 2, (32, 48))
     write_pascal_context(root / "pascal_context", 4, 2, (32, 32))
+    from mtrl.supervised.mtan_scene import write_scene
+    write_scene(root / "nyuv2_pspnet", {"segmentation": "label", "depth": "depth", "normal": "normal"}, 13,
+                {"train": 4, "val": 2}, (32, 64))
     return root
 
 
 OPTIONS = {"cityscapes3": {"image_size": [64, 128]}, "nyud": {"size": [32, 64], "edge_thresholds": 3},
-           "pascal_context": {"size": [32, 32], "edge_thresholds": 3}}
+           "pascal_context": {"size": [32, 32], "edge_thresholds": 3}, "nyuv2_pspnet": {}}
 
 
 def config(data, bench, aggregator, mode="param", model=None, epochs=1, **train):
     cfg = run_config(bench, data / bench, aggregator, mode, epochs, train,
                      {"report_last_epochs": 1, **OPTIONS[bench]}, batch_size=2)
+    if bench == "nyuv2_pspnet" and model is None:   # PSPNet at full resolution, as the preset
+        model = {"name": "pspnet", "upsample": 8}
     return {**cfg, "model": model or {}}
 
 
@@ -100,11 +105,13 @@ def test_fixed_loss_weights_scale_each_task():
 
 # -- training ------------------------------------------------------------------------------------
 
+CORE = [("ls", "param"), ("pivrg", "param"), ("aligned_mtl", "rep"), ("consmtl", "param")]
+
+
 @pytest.mark.parametrize("bench,aggregator,mode,model", [
-    ("nyud", "ls", "param", None), ("nyud", "pivrg", "param", None), ("nyud", "aligned_mtl", "rep", None),
-    ("nyud", "consmtl", "param", None), ("nyud", "avgnorm", "param", None),
-    ("pascal_context", "pivrg", "param", None), ("pascal_context", "aligned_mtl", "rep", {"name": "hrnet18"}),
-    ("cityscapes3", "consmtl", "param", None), ("cityscapes3", "aligned_mtl", "rep", {"name": "resnet18_aspp"})])
+    *[(b, a, m, None) for b in ("cityscapes3", "nyuv2_pspnet", "nyud", "pascal_context") for a, m in CORE],
+    ("nyud", "avgnorm", "param", None), ("pascal_context", "aligned_mtl", "rep", {"name": "hrnet18"}),
+    ("cityscapes3", "aligned_mtl", "rep", {"name": "resnet18_aspp"})])
 def test_suites_train_with_the_papers_methods(data, tmp_path, single_thread, bench, aggregator, mode, model):
     pytest.importorskip("torchvision")
     if model and model["name"] == "hrnet18":
@@ -118,9 +125,25 @@ def test_suites_train_with_the_papers_methods(data, tmp_path, single_thread, ben
     assert sorted(res["metrics"]) == sorted(set(res["metrics"]))
     assert set(names) <= set(res["metrics"]) and res["reported_epochs"] == [1]
     assert all(torch.isfinite(p).all() for p in tr.model.parameters())
-    default = {"cityscapes3": "PSPNet", "nyud": "ResNetASPP", "pascal_context": "ResNetASPP"}[bench]
+    default = {"cityscapes3": "PSPNet", "nyuv2_pspnet": "PSPNet", "nyud": "ResNetASPP",
+               "pascal_context": "ResNetASPP"}[bench]
     assert type(tr.model).__name__ == (default if model is None else {"hrnet18": "HRNet",
                                                                        "resnet18_aspp": "ResNetASPP"}[model["name"]])
+
+
+@pytest.mark.parametrize("bench", ["cityscapes3", "nyud", "pascal_context"])
+def test_every_aggregator_trains_each_suite(data, tmp_path, single_thread, bench):
+    """One batch per registry method on each benchmark's real-layout data (a narrow SegNet-
+    MTAN keeps it fast; the default models are covered above)."""
+    pytest.importorskip("pyEdgeEval")
+    model = {"name": "segnet_mtan", "filters": [4, 8, 8, 16, 16]}
+    for name in aggregators.available():
+        cfg = config(data, bench, name, model=model, max_batches=1)
+        if bench == "cityscapes3":   # SegNet-MTAN predicts at full resolution
+            cfg["benchmark"]["target_scale"] = 1
+        tr, res = train_run(cfg, tmp_path / name)
+        assert res["reported_epochs"] == [1] and all(v == v for v in res["metrics"].values()), name
+        assert all(torch.isfinite(p).all() for p in tr.model.parameters()), name
 
 
 def test_nyud_learns_with_segnet_mtan(data, tmp_path, single_thread):
