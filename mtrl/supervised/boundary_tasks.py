@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtrl.supervised.dense_tasks import normal_angles, valid_mask
+from mtrl.supervised.dense_tasks import DepthTask, normal_angles, valid_mask
 
 IGNORE_LABEL = 255
 SALIENCY_THRESHOLDS = tuple(np.linspace(0.2, 0.9, 15).tolist())
@@ -339,20 +339,11 @@ class EdgeODSF:
         return {"odsf": 100 * float(f.max())}
 
 
-class DepthRMSETask:
-    """Per-pixel depth; target (B, 1, H, W), 0 = invalid.  L1 loss over the valid pixels;
-    metric RMSE pooled over every valid pixel of the split."""
+class DepthRMSETask(DepthTask):
+    """Per-pixel depth as :class:`~mtrl.supervised.dense_tasks.DepthTask` (L1 loss over the
+    valid pixels), reported as the RMSE pooled over every valid pixel of the split."""
 
-    kind = "depth"
-    out_channels = 1
     metrics = (("rmse", False),)
-
-    def activate(self, raw: Tensor) -> Tensor:
-        return raw
-
-    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        mask = valid_mask(target)
-        return ((pred - target).abs() * mask).sum() / mask.sum().clamp(min=1)
 
     def metric_state(self) -> "DepthRMSE":
         return DepthRMSE()
