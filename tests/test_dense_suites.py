@@ -131,7 +131,7 @@ def test_suites_train_with_the_papers_methods(data, tmp_path, single_thread, ben
                                                                        "resnet18_aspp": "ResNetASPP"}[model["name"]])
 
 
-@pytest.mark.parametrize("bench", ["cityscapes3", "nyud", "pascal_context"])
+@pytest.mark.parametrize("bench", ["cityscapes3", "nyuv2_pspnet", "nyud", "pascal_context"])
 def test_every_aggregator_trains_each_suite(data, tmp_path, single_thread, bench):
     """One batch per registry method on each benchmark's real-layout data (a narrow SegNet-
     MTAN keeps it fast; the default models are covered above)."""
@@ -185,11 +185,15 @@ def test_presets_compose():
         pascal = compose("supervised", overrides=["benchmark=pascal_context", "aggregator=grid_search_reference"])
         cs3 = compose("supervised", overrides=["benchmark=cityscapes3"])
         psp = compose("supervised", overrides=["benchmark=nyuv2_pspnet"])
+        small = {b: compose("supervised", overrides=[f"benchmark={b}_small"])
+                 for b in ("cityscapes3", "nyuv2_pspnet", "nyud", "pascal_context")}
     assert list(nyud.aggregator.loss_weights) == [1, 1, 2, 50] and nyud.model.name == "resnet18_aspp"
     assert list(pascal.aggregator.loss_weights) == [1, 2, 5, 10, 50]
     assert dict(nyud.train.scheduler) == {"name": "poly", "power": 0.9} and nyud.train.weight_decay == 1e-4
     assert cs3.model.name == "pspnet" and cs3.benchmark.variant == "faithful" and cs3.train.batch_size == 8
     assert psp.model.upsample == 8 and psp.train.epochs == 40 and psp.benchmark.name == "nyuv2_pspnet"
+    for name, c in small.items():
+        assert c.benchmark.name == name and c.benchmark.preset == "small" and c.train.max_batches == 10
 
 
 def test_last_shared_layer_gradient_norms_and_cosines_are_logged(data, tmp_path):
