@@ -242,3 +242,21 @@ def test_table_reports_the_mean_loss_weights_of_paper_004(data, tmp_path, single
     rows = {r[header.index("aggregator")]: dict(zip(header, r)) for r in csv_rows(tables[0])}
     assert rows["ls"]["lambda_normals"] == 2.0
     assert rows["avgnorm"]["lambda_edge"] == pytest.approx(avg_res["mean_weights"]["edge"])
+
+
+def test_training_epochs_estimate_edge_odsf_cheaply(data):
+    """The training split's odsF (PIVRG's feed on these sets) matches the first image of
+    each batch at 5 thresholds; evaluation splits keep every image and threshold."""
+    pytest.importorskip("pyEdgeEval")
+    from mtrl.supervised.boundary_tasks import EdgeODSF
+    from mtrl.supervised.registry import benchmark_class
+    bench = benchmark_class("nyud")(data / "nyud", **{**OPTIONS["nyud"], "edge_thresholds": 19})
+    train_edge, eval_edge = bench.train_metric_state().states[-1], bench.metric_state().states[-1]
+    assert (len(train_edge.thresholds), train_edge.images_per_batch) == (5, 1)
+    assert (len(eval_edge.thresholds), eval_edge.images_per_batch) == (19, None)
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(2, 1, 32, 48, generator=g), (torch.rand(2, 1, 32, 48, generator=g) > 0.9).float()
+    first = EdgeODSF(0.011, 5)
+    first.update(logits[:1], target[:1])
+    train_edge.update(logits, target)
+    assert np.array_equal(train_edge.counts, first.counts) and train_edge.compute() == first.compute()

@@ -127,6 +127,12 @@ class Benchmark(ABC):
     @abstractmethod
     def metric_state(self) -> MetricState: ...
 
+    def train_metric_state(self) -> MetricState:
+        """The accumulator of the metrics over a training epoch (the selection split of
+        benchmarks without a validation split): ``metric_state()`` unless a metric has a
+        cheaper training estimate."""
+        return self.metric_state()
+
     def selection_value(self, values: dict[str, float], delta_m: float) -> float:
         """What the reported epoch minimises on the selection split: dm% by default."""
         return delta_m

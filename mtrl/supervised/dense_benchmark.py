@@ -112,13 +112,19 @@ class DenseBenchmark(Benchmark):
     def metric_state(self) -> "SceneMetrics":
         return SceneMetrics(self.tasks, self.dense_tasks)
 
+    def train_metric_state(self) -> "SceneMetrics":
+        """The metrics accumulated over a training epoch: each task's ``train_metric_state``
+        where it has a cheaper one (edge odsF), else its ``metric_state``."""
+        return SceneMetrics(self.tasks, self.dense_tasks, train=True)
+
 
 class SceneMetrics:
     """Every task's split-level metric accumulator, named ``<task>_<metric>``."""
 
-    def __init__(self, names: Sequence[str], tasks: Sequence[DenseTask]):
+    def __init__(self, names: Sequence[str], tasks: Sequence[DenseTask], train: bool = False):
         self.names = list(names)
-        self.states = [t.metric_state() for t in tasks]
+        self.states = [t.train_metric_state() if train and hasattr(t, "train_metric_state") else t.metric_state()
+                       for t in tasks]
 
     def update(self, outputs: list[Tensor], batch) -> None:
         for state, out, target in zip(self.states, outputs, batch[1]):

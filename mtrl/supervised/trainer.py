@@ -257,7 +257,7 @@ class SupervisedTrainer:
         sel = self.bench.selection_split
         while self.epoch < self.epochs:
             t0 = time.perf_counter()
-            train_state = self.bench.metric_state()
+            train_state = self.bench.train_metric_state()
             loader = self.bench.loader("train", self.batch_size, shuffle=True, seed=self.seed * 100_003 + self.epoch)
             n = len(loader) if self.max_batches is None else min(len(loader), int(self.max_batches))
             losses_sum = torch.zeros(self.bench.num_tasks, dtype=torch.float64, device=self.device)
