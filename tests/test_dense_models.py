@@ -36,7 +36,7 @@ def models():
     tasks = make_tasks()
     return {"pspnet": build_dense_model("pspnet", tasks, upsample=8),
             "resnet18_aspp": build_dense_model("resnet18_aspp", tasks),
-            "hrnet18": build_dense_model("hrnet18", tasks, name=HRNET_SMALL)}
+            "hrnet18": build_dense_model("hrnet18", tasks, timm_name=HRNET_SMALL)}
 
 
 def image(h=H, w=W, seed=0):
@@ -188,7 +188,7 @@ def test_imagenet_weights_round_trip(tmp_path, name):
     timm = pytest.importorskip("timm")
     torch.manual_seed(1)
     if name == "hrnet18":
-        source, options = timm.create_model(HRNET_SMALL, pretrained=False), {"name": HRNET_SMALL}
+        source, options = timm.create_model(HRNET_SMALL, pretrained=False), {"timm_name": HRNET_SMALL}
     else:
         source, options = getattr(torchvision.models, "resnet50" if name == "pspnet" else "resnet18")(), {}
     state = source.state_dict()   # with the classifier (fc / incre_modules, classifier, ...)

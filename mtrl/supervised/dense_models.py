@@ -37,7 +37,7 @@ z that every decoder reads (the shared representation of the "-UB"/feature-level
   (with bias) keeping the width + BN + ReLU -> 1x1 conv to the task's channels, then
   upsampled bilinear to the input size.  Note: the reference's "hrnet_w18" is built from the
   config and ImageNet weights of HRNet-W18-*small-v2* (``hrnet_w18_small_model_v2.pth``),
-  timm's ``hrnet_w18_small_v2``; ``name`` selects either.
+  timm's ``hrnet_w18_small_v2``; ``timm_name`` selects either.
 
 ImageNet weights are never downloaded: ``weights=PATH`` loads a local state dict into the
 backbone (:func:`load_backbone_weights`: every backbone tensor must be in the file, the
@@ -320,8 +320,9 @@ class HRNet(MultiTaskModel):
 
     Args:
         tasks: the dense tasks.
-        name: the timm HRNet ("hrnet_w18"; the reference's HRNet-18 is "hrnet_w18_small_v2").
-        weights: a local ImageNet state dict of timm's ``name`` (classification model; its
+        timm_name: the timm HRNet ("hrnet_w18"; the reference's HRNet-18 is "hrnet_w18_small_v2";
+            config ``model.timm_name``).
+        weights: a local ImageNet state dict of timm's ``timm_name`` (classification model; its
             ``classifier``/``incre_modules``/``downsamp_modules``/``final_layer`` keys are
             ignored), or None.
     """
@@ -329,8 +330,10 @@ class HRNet(MultiTaskModel):
     #: the branch strides of an HRNet (stride of branch 1 is 4)
     STRIDES = (4, 8, 16, 32)
 
-    def __init__(self, tasks: Sequence[DenseTask], name: str = "hrnet_w18", weights: str | Path | None = None):
+    def __init__(self, tasks: Sequence[DenseTask], timm_name: str = "hrnet_w18",
+                 weights: str | Path | None = None):
         super().__init__()
+        name = timm_name
         if not tasks:
             raise ValueError("HRNet needs at least one task")
         if not str(name).startswith("hrnet_"):
@@ -376,7 +379,7 @@ MODELS: dict[str, Any] = {
 
 def build_dense_model(name: str, tasks: Sequence[DenseTask], /, **options: Any) -> MultiTaskModel:
     """The model ``name`` (config ``model.name``) for ``tasks``; ``options`` are the model's
-    keyword arguments (``weights`` = ``model.weights``, ``upsample``, HRNet's timm ``name``, ...)."""
+    keyword arguments (``weights`` = ``model.weights``, ``upsample``, HRNet's ``timm_name``, ...)."""
     if name not in MODELS:
         raise ValueError(f"unknown dense model {name!r}; valid: {', '.join(sorted(MODELS))}")
     cls, fixed = MODELS[name]
