@@ -313,7 +313,11 @@ def boundary_counts(prob: np.ndarray, gt: np.ndarray, thresholds, max_dist: floa
 
 
 class EdgeODSF:
-    """Per-threshold boundary counts summed over a split; odsF = max over thresholds of F (%)."""
+    """Per-threshold boundary counts summed over a split; odsF = max over thresholds of F (%).
+
+    BSDS's ``correspondPixels`` (pyEdgeEval's port, as SEISM's) matches on a randomised
+    sparse graph seeded from the clock, so matched counts can differ by a pixel or so
+    between runs on the same maps, as with the reference evaluation."""
 
     def __init__(self, max_dist: float, num_thresholds: int = EDGE_THRESHOLDS, quantize: bool = True,
                  ignore_index: float | None = IGNORE_LABEL, images_per_batch: int | None = None):
