@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 
 from mtrl.supervised.benchmark import DatasetNotFound
-from mtrl.supervised.cityscapes_official import (CityscapesOfficialSplit, collate, decode_disparity, find_samples,
+from mtrl.supervised.cityscapes_official import (CityscapesOfficialSplit, decode_disparity, find_samples,
                                                  instance_offsets, preprocess_image, rotate_flip, train_ids,
                                                  write_cityscapes_official)
+from mtrl.supervised.dense_benchmark import collate
 
 I = 250.0
 

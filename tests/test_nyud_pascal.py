@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from mtrl.supervised.benchmark import DatasetNotFound
+from mtrl.supervised.dense_benchmark import collate
 from mtrl.supervised.nyud_pascal import (
-    IGNORE, IMAGENET_MEAN, IMAGENET_STD, NYUD_SCALES, NYUDSplit, PascalContextSplit, collate, flip,
+    IGNORE, IMAGENET_MEAN, IMAGENET_STD, NYUD_SCALES, NYUDSplit, PascalContextSplit, flip,
     label_map_boundary, label_map_edges, read_human_parts, scale_rotate, thin, write_human_parts_mat, write_label_map, write_nyud,
     write_pascal_context)
 

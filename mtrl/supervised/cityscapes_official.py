@@ -74,11 +74,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .benchmark import DatasetNotFound
-from .mtan_scene import collate
 
 __all__ = ["CityscapesOfficialSplit", "CityscapesSample", "find_samples", "train_ids", "instance_offsets",
            "decode_disparity", "preprocess_image", "rotate_flip", "read_raw", "write_cityscapes_official",
-           "collate", "IGNORE", "VALID_LABEL_IDS", "THING_LABEL_IDS", "VARIANTS"]
+           "IGNORE", "VALID_LABEL_IDS", "THING_LABEL_IDS", "VARIANTS"]
 
 IGNORE = 250
 #: label ids of the 19 evaluated classes, in trainId order 0..18 (official ``labels.py``)

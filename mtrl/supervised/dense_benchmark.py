@@ -109,16 +109,16 @@ class DenseBenchmark(Benchmark):
                                  "(model.upsample) or the benchmark's target size (e.g. benchmark.target_scale)")
         return torch.stack([t.loss(o, y) for t, o, y in zip(self.dense_tasks, outputs, batch[1])])
 
-    def metric_state(self) -> "SceneMetrics":
-        return SceneMetrics(self.tasks, self.dense_tasks)
+    def metric_state(self) -> "DenseMetrics":
+        return DenseMetrics(self.tasks, self.dense_tasks)
 
-    def train_metric_state(self) -> "SceneMetrics":
+    def train_metric_state(self) -> "DenseMetrics":
         """The metrics accumulated over a training epoch: each task's ``train_metric_state``
         where it has a cheaper one (edge odsF), else its ``metric_state``."""
-        return SceneMetrics(self.tasks, self.dense_tasks, train=True)
+        return DenseMetrics(self.tasks, self.dense_tasks, train=True)
 
 
-class SceneMetrics:
+class DenseMetrics:
     """Every task's split-level metric accumulator, named ``<task>_<metric>``."""
 
     def __init__(self, names: Sequence[str], tasks: Sequence[DenseTask], train: bool = False):

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .benchmark import DatasetNotFound
-from .dense_benchmark import DenseBenchmark, collate
+from .dense_benchmark import DenseBenchmark
 
 #: the test images live in the ``val`` folder of the MTAN preprocessing
 SPLIT_FOLDERS = {"train": "train", "test": "val"}
@@ -207,7 +207,3 @@ def write_scene(root: str | Path, folders: dict[str, str], num_classes: int, siz
                     a[invalid] = 0
                 np.save(root / split / folder / f"{i}.npy", a)
     return root
-
-
-__all__ = ["SCALES", "SPLIT_FOLDERS", "SceneBenchmark", "SceneSplit", "collate", "resize", "scale_crop_flip",
-           "write_scene"]

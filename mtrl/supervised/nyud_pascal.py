@@ -3,7 +3,7 @@ public MTL code (SimonVandenhende/Multi-Task-Learning-PyTorch, "MTL";
 ``shared/docs/dense_suites.md``, section "NYUD-v2 four-task and PASCAL-Context five-task").
 
 A dataset item is ``(image (3, H, W) float32, [target per task])`` as in
-:mod:`mtan_scene`, batched by :func:`collate`.  Targets:
+:mod:`mtan_scene`, batched by :func:`~mtrl.supervised.dense_benchmark.collate`.  Targets:
 
 * ``semantic`` / ``human_parts``: (H, W) int64, 255 = ignore;
 * ``depth``: (1, H, W) float32, 0 = invalid;
@@ -75,9 +75,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .benchmark import DatasetNotFound
-from .mtan_scene import collate
 
-__all__ = ["NYUDSplit", "PascalContextSplit", "collate", "write_nyud", "write_pascal_context",
+__all__ = ["NYUDSplit", "PascalContextSplit", "write_nyud", "write_pascal_context",
            "write_human_parts_mat", "write_label_map", "read_human_parts", "label_map_boundary", "label_map_edges", "thin",
            "nyud_semantic", "pascal_semantic", "png_edges", "png_normals", "png_normals_raw", "saliency_from_png", "mask_normals",
            "NYUD_TASKS", "PASCAL_TASKS", "NYUD_SIZE", "PASCAL_SIZE", "IGNORE"]

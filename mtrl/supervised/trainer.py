@@ -211,10 +211,7 @@ class SupervisedTrainer:
         """(k per-task gradients on the last shared layer (k, n), its parameters): paper
         004's imbalance signal; the applied update on them is read after the backward."""
         params = self.model.last_shared_parameters()
-        eye = torch.eye(losses.numel(), dtype=losses.dtype, device=losses.device)
-        grads = torch.autograd.grad(losses, params, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
-                                    allow_unused=True, materialize_grads=True)
-        return torch.cat([g.flatten(1) for g in grads], dim=1), params
+        return _batched_grad(losses, tuple(params)), params
 
     def _lower_level(self, rep_grads: torch.Tensor, head_grads) -> None:
         """ConsMTL eqs. 7-8: head i's gradient is grad l_i + the clipped gradient of
@@ -347,7 +344,8 @@ class SupervisedTrainer:
 
 def _batched_grad(losses: torch.Tensor, z, create_graph: bool = False) -> torch.Tensor:
     """d l_i / d z for every task in one batched backward: (k, *z.shape) for one tensor,
-    (k, total size) for a tuple of tensors (per-task features), flattened and joined."""
+    (k, total size) for a tuple of tensors (per-task features, parameters), flattened and
+    joined; a tensor a loss does not reach gets zeros."""
     eye = torch.eye(losses.numel(), dtype=losses.dtype, device=losses.device)
     feats = (z,) if isinstance(z, torch.Tensor) else tuple(z)
     grads = torch.autograd.grad(losses, feats, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
