@@ -35,6 +35,11 @@ PRESETS: dict[str, dict[str, dict[str, object]]] = {
 }
 
 
+def benchmarks() -> frozenset[str]:
+    """The benchmark names some method has reference values for."""
+    return frozenset(b for per_method in PRESETS.values() for b in per_method)
+
+
 def preset(name: str, benchmark: str | None) -> dict[str, object]:
     """Hyper-parameters of ``name`` on ``benchmark`` (``{}`` where the defaults apply)."""
     if benchmark is None:

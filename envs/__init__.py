@@ -41,6 +41,7 @@ __all__ = [
     "StepResult",
     "make_env",
     "metaworld_task_names",
+    "task_count",
 ]
 
 
@@ -49,6 +50,19 @@ def _check_kwargs(cls: type, kwargs: dict, fixed: tuple[str, ...]) -> None:
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(unknown)} for {cls.__name__}; valid: {', '.join(allowed)}")
+
+
+def task_count(name: str, **kwargs) -> int:
+    """How many tasks ``make_env(name, **kwargs)`` would have, without building it."""
+    key = str(name).strip().lower()
+    if key == "point_mass":
+        default = inspect.signature(PointMassEnv.__init__).parameters["num_tasks"].default
+        return int(kwargs.get("num_tasks", default))
+    if key in ("mt10", "mt50"):
+        return int(key[2:])
+    if key.startswith("mt1:"):
+        return 1
+    raise ValueError(f"unknown env {name!r}; valid: {', '.join(ENV_NAMES)} (e.g. mt1:reach-v3)")
 
 
 def make_env(

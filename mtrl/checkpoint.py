@@ -4,10 +4,10 @@ previous or the new checkpoint, never a torn file."""
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import torch
+
+from .run_files import atomic_write
 
 
 class CheckpointError(RuntimeError):
@@ -15,26 +15,9 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` to ``path`` through a temporary file in the same folder, fsync it,
-    then rename over the old file (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``state`` to ``path`` atomically (:func:`mtrl.run_files.atomic_write`): the
+    previous checkpoint survives any failure; a full disk is a ``DiskFullError``."""
+    atomic_write(path, lambda f: torch.save(state, f), binary=True)
 
 
 def load(path: str | os.PathLike, mmap: bool = False) -> dict:

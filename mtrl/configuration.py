@@ -20,11 +20,31 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_aggregator(cfg: dict, num_tasks: int, preset: str | None = None) -> aggregators.Aggregator:
-    """The configured aggregator (``cfg``: ``name`` and hyper-parameters); with ``preset``
-    (a benchmark name) the references' values for that benchmark replace the config's."""
+def aggregator_config(cfg: dict, preset: str | None, explicit=(), known_presets=()) -> tuple[dict, dict]:
+    """The hyper-parameters a run uses: every one the method accepts (its defaults), the
+    config's values, and for ``preset`` (a benchmark name) the references' values where the
+    user did not set the key (``explicit``: the keys typed as ``aggregator.<key>=...``).
+    Returns ``(config, applied preset values)``.  A preset that is neither a benchmark with
+    reference values nor one of ``known_presets`` is a ConfigError."""
+    if preset is not None:
+        valid = sorted(aggregators.presets.benchmarks() | set(known_presets))
+        if str(preset).lower() not in valid:
+            raise ConfigError(f"unknown aggregator_preset {preset!r}; valid: {', '.join(valid)} or null")
+    name = cfg["name"]
+    try:
+        out = {"name": name, **aggregators.hyperparameters(name)}
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    out.update({k: v for k, v in cfg.items() if k != "name"})
+    applied = {k: v for k, v in aggregators.preset(name, preset).items() if k not in set(explicit)}
+    out.update(applied)
+    return out, applied
+
+
+def build_aggregator(cfg: dict, num_tasks: int) -> aggregators.Aggregator:
+    """The aggregator ``cfg`` describes (``name`` and hyper-parameters, as
+    :func:`aggregator_config` completed them)."""
     hp = {k: v for k, v in cfg.items() if k != "name"}
-    hp.update(aggregators.preset(cfg["name"], preset))
     try:
         return aggregators.make(cfg["name"], num_tasks, **hp)
     except ValueError as exc:

@@ -2,30 +2,89 @@
 
 ``config.json`` (the resolved config; Hydra's ``.hydra/config.yaml`` is the fallback for
 runs started elsewhere) and ``status.json`` (``finished`` with the step, or ``failed``
-with the error).  Writes go through a temporary file and a rename, so a reader (a
-summary on another machine, a relaunched sweep) never sees half a file.
+with the error).  Every write of a run goes through :func:`atomic_write` (a temporary
+file, fsync, a rename), so a reader (a summary on another machine, a relaunched sweep)
+never sees half a file, and a full disk is reported as such.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable, IO
+
+TEMP_SUFFIX = ".tmp"
+
+
+class DiskFullError(OSError):
+    """A write that failed because the disk (or the quota) is full; the old file is kept."""
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception it came from is ENOSPC / EDQUOT (torch.save reports a
+    full disk as an ``inline_container.cc`` RuntimeError whose context is the OSError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False) -> None:
+    """Write ``path`` through a temporary file in the same folder (``write(f)`` fills it),
+    fsync it, rename it over the old file and fsync the folder: a reader or a process killed
+    at any moment sees the old or the new file, never half of one.  A full disk raises
+    :class:`DiskFullError` saying so; the temporary file is removed on any failure (and by
+    :func:`remove_temp_files` after a SIGKILL)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if _disk_full(exc):
+            free = shutil.disk_usage(path.parent).free / 2**20
+            raise DiskFullError(errno.ENOSPC, f"no space left on the device writing {path} ({free:.0f} MiB free); "
+                                "free some space and run the same command again (the previous file is kept)") from None
+        raise
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    def write(f):
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+
+    atomic_write(path, write)
+
+
+def remove_temp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed atomic writes left in ``run_dir`` and its
+    ``checkpoints/`` (call it only while holding the run's lock); returns them."""
+    run_dir = Path(run_dir)
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for p in folder.glob(f"*{TEMP_SUFFIX}") if folder.is_dir() else ():
+            if p.is_file():
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:
@@ -66,8 +125,27 @@ def read_status(run_dir: str | os.PathLike) -> dict | None:
     return status if isinstance(status, dict) else None
 
 
+def last_record_step(run_dir: str | os.PathLike) -> int | None:
+    """The ``step`` of the last intact line of ``metrics.jsonl`` (None without one)."""
+    try:
+        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def run_is_finished(run_dir: str | os.PathLike, steps: int) -> bool:
     """True when ``run_dir`` holds a run that completed ``steps`` (training steps or epochs):
-    its ``status.json``, written after the final checkpoint, says so.  Sweeps skip such runs."""
+    its ``status.json``, written after the final checkpoint, says so and its ``metrics.jsonl``
+    reaches that step (a deleted or truncated file makes the run continue from its final
+    checkpoint, which restores the file).  Sweeps skip such runs."""
     status = read_status(run_dir)
-    return status is not None and status.get("state") == "finished" and int(status.get("step", -1)) >= int(steps)
+    if status is None or status.get("state") != "finished" or int(status.get("step", -1)) < int(steps):
+        return False
+    last = last_record_step(run_dir)
+    return last is not None and last >= int(steps)

@@ -31,6 +31,7 @@ import numpy as np
 from scipy import stats
 
 from .run_files import read_config, read_status
+from .run_identity import META_KEY
 
 RUN_MARKERS = ("config.json", os.path.join(".hydra", "config.yaml"), "metrics.jsonl")
 # Config keys that do not change what a run computes: runs differing only here are seeds
@@ -60,6 +61,8 @@ class Run:
     config: dict
     evaluations: list[dict]
     truncated: bool = False
+    #: duplicated, missing or non-finite evaluations (:func:`evaluation_issues`)
+    issues: tuple[str, ...] = ()
 
     @property
     def steps(self) -> int:
@@ -288,10 +291,37 @@ def _load_metrics(path: Path) -> tuple[list[dict], bool]:
     return records, False
 
 
+def evaluation_issues(evaluations: list[dict], eval_every: int | None) -> list[str]:
+    """What is wrong with a run's evaluation sequence: steps that repeat or go back (two
+    processes wrote the file, or it was edited), evaluations missing (the trainer evaluates
+    at the first episode end past each multiple of ``train.eval_every``, so with episodes
+    shorter than it every multiple is reached once), and non-finite success values."""
+    steps = [int(e["step"]) for e in evaluations]
+    issues = []
+    repeated = sorted({b for a, b in zip(steps, steps[1:]) if b <= a})
+    if repeated:
+        issues.append(f"duplicated or out-of-order evaluation step(s) {repeated[:5]}")
+    if eval_every and eval_every > 0 and not repeated:
+        bins = [0] + [s // eval_every for s in steps]
+        gaps = [(a * eval_every, b * eval_every) for a, b in zip(bins, bins[1:]) if b - a >= 2]
+        if gaps:
+            lost = sum((b - a) // eval_every - 1 for a, b in gaps)
+            issues.append(f"{lost} evaluation(s) missing (one is written every train.eval_every={eval_every} "
+                          f"steps; none between steps {gaps[0][0]} and {gaps[0][1]})")
+    bad = [e["step"] for e in evaluations
+           if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in [e["mean_success"], *e["success"]])]
+    if bad:
+        issues.append(f"non-finite success at step(s) {bad[:5]}")
+    return issues
+
+
 def flatten_config(d: dict, prefix: str = "") -> dict:
-    """Nested dict -> {"a.b.c": value}; lists become tuples (hashable)."""
+    """Nested dict -> {"a.b.c": value}; lists become tuples (hashable).  The run metadata
+    (``_run``: overrides, history) is not config and is left out."""
     out = {}
     for key, value in d.items():
+        if not prefix and key == META_KEY:
+            continue
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             out.update(flatten_config(value, name + "."))
@@ -324,8 +354,10 @@ def load_run(run_dir) -> tuple[Run | None, list[Problem]]:
     if not evaluations:
         reason = "only a truncated line" if truncated else "empty"
         return None, failed + [Problem(where, f"no evaluation yet (metrics.jsonl {reason})")]
-    run = Run(run_dir, config, evaluations, truncated)
-    problems = failed
+    eval_every = flat.get("train.eval_every")
+    issues = evaluation_issues(evaluations, eval_every if isinstance(eval_every, int) else None)
+    run = Run(run_dir, config, evaluations, truncated, tuple(issues))
+    problems = failed + [Problem(where, f"flagged: {issue}") for issue in issues]
     if truncated:
         problems.append(Problem(where, f"truncated: torn last line of metrics.jsonl ignored, {len(evaluations)} "
                                        f"evaluations kept; counted as unfinished"))
@@ -371,8 +403,10 @@ def variant_labels(keys: list[tuple]) -> list[str]:
     return [", ".join(f"{k}={show(d, k)}" for k in differing) for d in dicts]
 
 
-def _flag(best: np.ndarray, seeds: list, unfinished: int) -> str:
+def _flag(best: np.ndarray, seeds: list, unfinished: int, with_issues: int = 0) -> str:
     notes = []
+    if with_issues:
+        notes.append(f"{with_issues} run(s) with duplicated, missing or non-finite evaluations (see problems)")
     zero = int(np.sum(best == 0))
     if 0 < zero < best.size:
         notes.append(f"{zero}/{best.size} seeds never succeeded")
@@ -407,7 +441,8 @@ def _summarize_group(runs: list[Run], variant: str, n_resamples: int, seed: int)
         aggregator=str(flat["aggregator.name"]), steps=int(flat["train.steps"]), variant=variant, runs=runs,
         seeds=seeds, tasks=runs[0].tasks, best=best, final=final, task_scores=scores, iqm=float(iqm(scores)),
         iqm_low=low, iqm_high=high, curve_steps=np.array(shared), curve_mean=curves.mean(axis=0),
-        curve_halfwidth=t_halfwidth(curves), unfinished=unfinished, flag=_flag(best, seeds, unfinished))
+        curve_halfwidth=t_halfwidth(curves), unfinished=unfinished,
+        flag=_flag(best, seeds, unfinished, sum(bool(r.issues) for r in runs)))
 
 
 def summarize(runs: list[Run], include_unfinished: bool = False, n_resamples: int = 2000,

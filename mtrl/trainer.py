@@ -26,13 +26,15 @@ import envs
 from agents import MultiTaskSAC
 from aggregators import diagnostics
 
+from . import config_checks
 from .checkpoint import CheckpointError, load, save_atomic
 from .configuration import ConfigError, build_aggregator, resolve_device
+from .run_identity import RL_KEYS, check_continuation
 from .evaluation import evaluate, success_drops
 from .metrics_log import RunLogger
 from .replay import ReplayBuffer
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 COMPONENTS = ("critic", "actor", "alpha")
 #: loss-only methods that take logs of the losses (need positive losses)
 LOG_LOSS_METHODS = ("famo", "si")
@@ -44,6 +46,20 @@ class NonFiniteError(RuntimeError):
 
 def _episode_seed(seed: int, episode: int) -> int:
     return (seed * 1_000_003 + episode) % (2**31 - 1)
+
+
+def prepare_config(cfg: dict) -> dict:
+    """The checked config a run uses (:func:`mtrl.config_checks.prepare` with the RL rules,
+    presets applied, every aggregator hyper-parameter written out) and the batch / buffer
+    split over the env's tasks.  Every bad value is a one-line :class:`ConfigError`."""
+    cfg = config_checks.prepare(cfg, config_checks.RL_RULES)
+    e = cfg["env"]
+    try:
+        k = envs.task_count(e["name"], **e.get("kwargs", {}))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc)) from None
+    config_checks.check_task_split(cfg, k)
+    return cfg
 
 
 def build_env(env_cfg: dict, seed: int, protocol: str | None = None):
@@ -67,8 +83,7 @@ def build_agent(cfg: dict, env, device: torch.device) -> MultiTaskSAC:
         raise ConfigError(f"{name} takes the log of the losses and the SAC actor loss is negative: "
                           f"use aggregate=[critic] (FAMO's MT10 setting) or aggregate=[critic,alpha]")
     k = env.num_tasks
-    aggs = {c: build_aggregator(cfg["aggregator"] if c in components else {"name": "ls"}, k,
-                                cfg.get("aggregator_preset")) for c in COMPONENTS}
+    aggs = {c: build_aggregator(cfg["aggregator"] if c in components else {"name": "ls"}, k) for c in COMPONENTS}
     a = dict(cfg["agent"])
     kind = a.pop("kind")
     try:
@@ -79,7 +94,8 @@ def build_agent(cfg: dict, env, device: torch.device) -> MultiTaskSAC:
 
 class Trainer:
     def __init__(self, cfg: dict, run_dir: str | Path):
-        self.cfg = copy.deepcopy(cfg)
+        cfg = prepare_config(copy.deepcopy(cfg))
+        self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.seed = int(cfg["seed"])
         self.device = resolve_device(str(cfg.get("device", "auto")))
@@ -130,14 +146,19 @@ class Trainer:
         self.nonfinite_total = 0
         self.best_mean_success = -math.inf
         self.last_eval = None
+        #: every evaluation record written so far (saved in the checkpoint: metrics.jsonl is restored from it)
+        self.evaluations: list[dict] = []
         self.wall_time = 0.0
 
         self.ckpt_path = self.run_dir / "checkpoints" / "latest.pt"
         resumed = self.ckpt_path.exists()
+        #: config values changed since the checkpoint (the documented resumable keys)
+        self.changed: list[tuple[str, object, object]] = []
         if resumed:
             self._restore(load(self.ckpt_path))
-        self.log = RunLogger(self.run_dir, resume_step=self.step if resumed else None)
-        self.log.save_config(self.cfg)
+        self.log = RunLogger(self.run_dir, resume_step=self.step if resumed else None,
+                             evaluations=self.evaluations if resumed else None)
+        self.log.save_config(self.cfg, self.step, self.changed)
         self.resumed = resumed
 
     # -- reproducibility ----------------------------------------------------------------
@@ -166,6 +187,7 @@ class Trainer:
             "nonfinite_total": self.nonfinite_total,
             "best_mean_success": self.best_mean_success,
             "last_eval": self.last_eval,
+            "evaluations": self.evaluations,
             "wall_time": self.wall_time,
             "train_success": self.train_success,
             "fed_success": self.fed_success,
@@ -175,16 +197,21 @@ class Trainer:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{self.ckpt_path} has format {state.get('format')}, this trainer writes "
                                   f"{CHECKPOINT_FORMAT}; use a new run directory")
-        old, new = state["config"], self.cfg
-        for key in ("env", "agent", "aggregator", "aggregate", "aggregator_preset", "performance"):
-            if old.get(key) != new.get(key):
-                raise CheckpointError(f"{self.ckpt_path} was written with a different {key} config "
-                                      f"({old.get(key)} vs {new.get(key)}); use a new run directory")
+        try:
+            self.changed = check_continuation(state["config"], self.cfg, RL_KEYS, str(self.ckpt_path))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        # the learning rates of this config, not the checkpoint's (resuming with a lower rate
+        # after a non-finite stop is what the error message advises)
+        lrs = {c: [g["lr"] for g in o.param_groups] for c, o in self.agent.optimizers.items()}
         try:
             self.agent.load_state_dict(state["agent"])
             self.buffer.load_state_dict(state["buffer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{self.ckpt_path} does not fit this run ({exc}); use a new run directory") from None
+        for c, o in self.agent.optimizers.items():
+            for g, lr in zip(o.param_groups, lrs[c]):
+                g["lr"] = lr
         self.step, self.episode = int(state["step"]), int(state["episode"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
@@ -197,9 +224,15 @@ class Trainer:
         self.nonfinite_total = int(state["nonfinite_total"])
         self.best_mean_success = float(state["best_mean_success"])
         self.last_eval = state["last_eval"]
+        self.evaluations = list(state["evaluations"])
         self.wall_time = float(state["wall_time"])
         self.train_success = state["train_success"]
         self.fed_success = state["fed_success"]
+
+    @property
+    def learning_rate(self) -> float:
+        """The critic optimiser's learning rate (``agent.lr`` unless ``agent.critic_lr`` is set)."""
+        return float(self.agent.optimizers["critic"].param_groups[0]["lr"])
 
     def save_checkpoint(self) -> None:
         save_atomic(self._state(), self.ckpt_path)
@@ -222,7 +255,8 @@ class Trainer:
                 raise NonFiniteError(
                     f"{self.nonfinite_in_row} consecutive updates had non-finite losses or gradients "
                     f"(step {self.step}); the last good checkpoint is {self.ckpt_path}. Lower the learning "
-                    "rate or check the rewards, then resume"
+                    f"rate (agent.lr, now {self.learning_rate:g}) or check the rewards, then resume this "
+                    f"run directory ({self.run_dir})"
                 )
             return
         self.nonfinite_in_row = 0
@@ -294,6 +328,7 @@ class Trainer:
                 record.setdefault("weights", {})[c] = agg.weights.detach().cpu().tolist()
         self.best_mean_success = max(self.best_mean_success, res.mean_success)
         self.last_eval = record
+        self.evaluations.append(record)
         self.log.evaluation(record)
         scal = {"eval/mean_success": res.mean_success, "eval/best_mean_success": self.best_mean_success}
         for name, s, r in zip(self.env.task_names, res.success, res.returns):

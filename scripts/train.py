@@ -11,11 +11,14 @@ Sweeps (Hydra multirun; see the README's "Sweeps" section):
     python scripts/train.py -m sweep=mt10_table hydra/launcher=slurm hydra.launcher.partition=gpu
     python scripts/train.py -m experiment=mt10_quick aggregator=ls,pivrg seed=0,1,2 hydra/launcher=local
 
-Re-running the same command continues the run from its last checkpoint (the run
-directory is ``runs/<env>/<protocol>/<agent>/<aggregator>/seed<seed>``, in a sweep
-``runs/sweeps/<same>``, unless ``hydra.run.dir=...`` says otherwise); a run that already
-finished is skipped.  Bad configuration: one line on stderr, exit 2.  In a sweep, a run
-that fails records the error in its ``status.json`` and the other runs go on.
+Re-running the same command continues the run from its last checkpoint; a run that
+already finished is skipped.  The run directory is
+``runs/<env>/<protocol>/<agent>/<aggregator>[-<override>...]-<config hash>/seed<seed>``
+(in a sweep ``runs/sweeps/<same>``) unless ``hydra.run.dir=...`` says otherwise, so two
+different configs never share one (``mtrl.run_identity``); one process at a time holds a
+directory, and a directory is only continued under its own config (``mtrl.launch``).
+Bad configuration: one line on stderr, exit 2.  In a sweep, a run that fails records
+the error in its ``status.json`` and the other runs go on.
 """
 
 from __future__ import annotations
@@ -62,48 +65,44 @@ def main() -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
+    from mtrl.launch import register_run_name
+    from mtrl.run_identity import RL_KEYS
+
+    register_run_name(RL_KEYS)
+
     @hydra.main(config_path=str(CONFIGS), config_name="train", version_base="1.3")
     def run(cfg) -> None:
         from hydra.types import RunMode
 
-        from mtrl.checkpoint import CheckpointError
-        from mtrl.run_files import run_is_finished, write_status
-        from mtrl.trainer import ConfigError, NonFiniteError, Trainer, format_success_table
+        from mtrl.launch import RunFailed, job_overrides, resume_command, run_directory, with_metadata
+        from mtrl.trainer import NonFiniteError, Trainer, format_success_table, prepare_config
 
         hc = HydraConfig.get()
         run_dir = hc.runtime.output_dir
         sweep = hc.mode == RunMode.MULTIRUN
         if sweep:
             share_cpus(hc.launcher)
-        if run_is_finished(run_dir, cfg.train.steps):
-            print(f"run directory: {run_dir} (finished: {cfg.train.steps} steps; skipped)")
-            return
-        config = OmegaConf.to_container(cfg, resolve=True)
+        overrides = job_overrides()
+        config = with_metadata(OmegaConf.to_container(cfg, resolve=True), overrides, RL_KEYS)
 
-        def fail(exc: Exception, code: int) -> None:
-            print(f"error: {exc}", file=sys.stderr)
-            if not sweep:
-                raise SystemExit(code)
-            # a sweep goes on with its other runs; the summaries report this one
-            os.makedirs(run_dir, exist_ok=True)
-            write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}")
-
-        try:
+        def train(config: dict) -> None:
             trainer = Trainer(config, run_dir)
-        except ConfigError as exc:
-            return fail(exc, 2)
-        except CheckpointError as exc:
-            return fail(exc, 1)
-        print(f"run directory: {run_dir}" + (" (resuming from step %d)" % trainer.step if trainer.resumed else ""))
-        print(f"protocol: {trainer.env.protocol}")
-        try:
-            record = trainer.train()
-        except NonFiniteError as exc:
-            return fail(exc, 1)
-        finally:
-            trainer.close()
-        if record is not None:
-            print(format_success_table(record, trainer.best_mean_success))
+            print(f"run directory: {run_dir}" + (" (resuming from step %d)" % trainer.step if trainer.resumed else ""))
+            for note in trainer.log.notes:
+                print(f"note: {note}", file=sys.stderr)
+            print(f"protocol: {trainer.env.protocol}")
+            try:
+                record = trainer.train()
+            except NonFiniteError as exc:
+                lower = trainer.learning_rate / 10
+                raise RunFailed(f"{exc}; to resume it with a lower learning rate: "
+                                + resume_command("scripts/train.py", overrides, run_dir, {"agent.lr": f"{lower:g}"})) from None
+            finally:
+                trainer.close()
+            if record is not None:
+                print(format_success_table(record, trainer.best_mean_success))
+
+        run_directory(run_dir, config, policy=RL_KEYS, prepare=prepare_config, length="steps", sweep=sweep, body=train)
 
     run()
 

@@ -10,8 +10,10 @@
 
 Writes per-epoch metrics (``metrics.jsonl``), the test metrics at the selected epoch with
 dm%, dm_i and Var[dm_i] (``results.json``), TensorBoard scalars and checkpoints to
-``runs/supervised/<benchmark>-<preset>/<mode>/<aggregator>/seed<seed>``; re-running continues
-from the last epoch.  Bad configuration or missing data: one line on stderr, exit 2.
+``runs/supervised/<benchmark>-<preset>/<mode>/<aggregator>[-<override>...]-<config hash>/seed<seed>``
+(``mtrl.run_identity``); re-running continues from the last epoch (``mtrl.launch``: one
+process per directory, only under its own config).  Bad configuration, missing or
+unreadable data: one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -34,36 +36,42 @@ def main() -> None:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
+    from mtrl.launch import register_run_name
+    from mtrl.run_identity import SUPERVISED_KEYS
+
+    register_run_name(SUPERVISED_KEYS)
+
     @hydra.main(config_path=str(CONFIGS), config_name="supervised", version_base="1.3")
     def run(cfg) -> None:
-        from mtrl.checkpoint import CheckpointError
         from mtrl.configuration import ConfigError
-        from mtrl.supervised.trainer import SupervisedTrainer
-        from mtrl.run_files import run_is_finished
+        from mtrl.launch import job_overrides, run_directory, with_metadata
+        from mtrl.supervised.benchmark import DataError, DatasetNotFound
+        from mtrl.supervised.trainer import SupervisedTrainer, prepare_config
 
         hc = HydraConfig.get()
         run_dir = hc.runtime.output_dir
-        if hc.mode == RunMode.MULTIRUN:
+        sweep = hc.mode == RunMode.MULTIRUN
+        if sweep:
             share_cpus(hc.launcher)
-        if run_is_finished(run_dir, cfg.train.epochs):
-            print(f"run directory: {run_dir} (finished: {cfg.train.epochs} epochs; skipped)")
-            return
-        config = OmegaConf.to_container(cfg, resolve=True)
+        config = with_metadata(OmegaConf.to_container(cfg, resolve=True), job_overrides(), SUPERVISED_KEYS)
         config["benchmark"]["root"] = config["data"]["root"]
-        try:
+
+        def train(config: dict) -> None:
             trainer = SupervisedTrainer(config, run_dir)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2)
-        except CheckpointError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(1)
-        print(f"run directory: {run_dir}" + (f" (resuming after epoch {trainer.epoch})" if trainer.resumed else ""))
-        try:
-            results = trainer.train()
-        finally:
-            trainer.close()
-        print(json.dumps({k: results[k] for k in ("selected_epoch", "delta_m", "delta_m_var", "delta_m_i")}, indent=1))
+            print(f"run directory: {run_dir}" + (f" (resuming after epoch {trainer.epoch})" if trainer.resumed else ""))
+            for note in trainer.log.notes:
+                print(f"note: {note}", file=sys.stderr)
+            try:
+                results = trainer.train()
+            except (DataError, DatasetNotFound) as exc:   # a data file found unreadable mid-run
+                raise ConfigError(str(exc)) from None
+            finally:
+                trainer.close()
+            print(json.dumps({k: results[k] for k in ("selected_epoch", "delta_m", "delta_m_var", "delta_m_i")},
+                             indent=1))
+
+        run_directory(run_dir, config, policy=SUPERVISED_KEYS, prepare=prepare_config, length="epochs",
+                      sweep=sweep, body=train)
 
     run()
 

@@ -133,7 +133,7 @@ def test_a_killed_run_resumes_after_its_last_epoch(data, tmp_path):
     tr.close()
     epochs = [json.loads(l)["epoch"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
-    with pytest.raises(Exception, match="different aggregator"):
+    with pytest.raises(Exception, match="another config \\(aggregator.name: 'nash_mtl' -> 'ls'"):
         SupervisedTrainer(config(data, "qm9", "ls", epochs=3), tmp_path)
 
 

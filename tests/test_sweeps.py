@@ -25,7 +25,7 @@ def _sweep(tmp_path, *extra):
 def test_two_seed_sweep_through_launcher_evaluator_and_summariser(tmp_path):
     res = _sweep(tmp_path, "train.steps=600")
     assert res.returncode == 0, res.stderr[-3000:]
-    runs = sorted((tmp_path / "sweep").glob("point_mass/paper/mh_sac/pivrg/seed*"))
+    runs = sorted((tmp_path / "sweep").glob("point_mass/paper/mh_sac/pivrg-*/seed*"))
     assert [r.name for r in runs] == ["seed0", "seed1"]
     for run in runs:
         assert json.loads((run / "status.json").read_text()) == {"state": "finished", "step": 600}
@@ -43,7 +43,7 @@ def test_two_seed_sweep_through_launcher_evaluator_and_summariser(tmp_path):
     res = _sweep(tmp_path, "train.steps=900")
     assert res.returncode == 0 and res.stdout.count("skipped") == 2
 
-    ev = _script("evaluate.py", str(tmp_path / "sweep" / "point_mass/paper/mh_sac/pivrg/seed*"), "--episodes", "3",
+    ev = _script("evaluate.py", str(tmp_path / "sweep" / "point_mass/paper/mh_sac/pivrg-*/seed*"), "--episodes", "3",
                  cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr
     for run in runs:
@@ -77,6 +77,8 @@ def test_a_failing_run_in_a_sweep_is_recorded_and_the_others_go_on(tmp_path):
                   "train.seed_steps=300", "train.eval_every=400", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     base = tmp_path / "sweep" / "point_mass/paper/mh_sac"
-    status = json.loads((base / "famo" / "seed0" / "status.json").read_text())
+    [famo] = base.glob("famo-*/seed0")
+    status = json.loads((famo / "status.json").read_text())
     assert status["state"] == "failed" and "aggregate=[critic]" in status["error"]
-    assert json.loads((base / "ls" / "seed0" / "status.json").read_text())["state"] == "finished"
+    [ls] = base.glob("ls-*/seed0")
+    assert json.loads((ls / "status.json").read_text())["state"] == "finished"

@@ -31,7 +31,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from mtrl.supervised.benchmark import Benchmark, DatasetNotFound, Metric, MultiTaskModel
+from mtrl.supervised.benchmark import Benchmark, DataError, DatasetNotFound, Metric, MultiTaskModel
 
 #: The 40 attributes, in the column order of ``list_attr_celeba.txt``.
 ATTRIBUTES: tuple[str, ...] = (
@@ -107,31 +107,31 @@ def read_attributes(path: str | Path) -> tuple[list[str], list[str], np.ndarray]
     by runs of blanks. Returns (attribute names, image names, labels (N, A) uint8 in {0, 1})."""
     lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
     if len(lines) < 2:
-        raise ValueError(f"{path}: expected the image count and the attribute names on the first two lines")
+        raise DataError(f"{path}: expected the image count and the attribute names on the first two lines")
     try:
         count = int(lines[0].strip())
     except ValueError:
-        raise ValueError(f"{path}: line 1 must be the image count, got {lines[0].strip()!r}") from None
+        raise DataError(f"{path}: line 1 must be the image count, got {lines[0].strip()!r}") from None
     attributes = lines[1].split()
     body = lines[2:]
     if len(body) != count:
-        raise ValueError(f"{path}: line 1 says {count} images but {len(body)} are listed")
+        raise DataError(f"{path}: line 1 says {count} images but {len(body)} are listed")
     rows = [line.split(None, 1) for line in body]
     short = next((i for i, row in enumerate(rows) if len(row) != 2), None)
     if short is not None:
-        raise ValueError(f"{path}, line {short + 3}: expected an image name and {len(attributes)} values")
+        raise DataError(f"{path}, line {short + 3}: expected an image name and {len(attributes)} values")
     images = [row[0] for row in rows]
     try:
         values = (np.loadtxt([row[1] for row in rows], dtype=np.int8, ndmin=2) if rows
                   else np.zeros((0, len(attributes)), np.int8))
     except ValueError as err:
-        raise ValueError(f"{path}: {err} (row 1 is line 3)") from None
+        raise DataError(f"{path}: {err} (row 1 is line 3)") from None
     if values.shape[1] != len(attributes):
-        raise ValueError(f"{path}: {values.shape[1]} values per image but {len(attributes)} attribute names")
+        raise DataError(f"{path}: {values.shape[1]} values per image but {len(attributes)} attribute names")
     bad = (values != 1) & (values != -1)
     if bad.any():
         i, j = np.argwhere(bad)[0]
-        raise ValueError(f"{path}, line {i + 3}: attribute {attributes[j]} is {values[i, j]}, expected -1 or 1")
+        raise DataError(f"{path}, line {i + 3}: attribute {attributes[j]} is {values[i, j]}, expected -1 or 1")
     return attributes, images, (values == 1).astype(np.uint8)
 
 
@@ -144,16 +144,21 @@ def read_partition(path: str | Path) -> dict[str, int]:
             continue
         fields = line.split()
         if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-            raise ValueError(f"{path}, line {i + 1}: expected '<image> <0|1|2>', got {line.strip()!r}")
+            raise DataError(f"{path}, line {i + 1}: expected '<image> <0|1|2>', got {line.strip()!r}")
         partition[fields[0]] = int(fields[1])
     return partition
 
 
 def load_image(path: str | Path, image_size: int) -> Tensor:
     """One image as a (3, image_size, image_size) uint8 tensor: RGB, bilinear resize."""
-    with Image.open(path) as img:
-        img = img.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+            return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
+    except FileNotFoundError:
+        raise DatasetNotFound(f"{path} is missing; the CelebA list files name it") from None
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable image ({exc}); re-extract img_align_celeba") from None
 
 
 class CelebASplit(Dataset):

@@ -73,7 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .benchmark import DatasetNotFound
+from .benchmark import DataError, DatasetNotFound
 
 __all__ = ["CityscapesOfficialSplit", "CityscapesSample", "find_samples", "train_ids", "instance_offsets",
            "decode_disparity", "preprocess_image", "rotate_flip", "read_raw", "write_cityscapes_official",
@@ -224,7 +224,7 @@ def read_raw(sample: CityscapesSample) -> tuple[np.ndarray, np.ndarray, np.ndarr
         except FileNotFoundError:
             raise DatasetNotFound(f"{path} is missing; every Cityscapes image needs its {what} file") from None
         except OSError as exc:
-            raise ValueError(f"{path}: not a readable PNG ({exc}); re-extract the Cityscapes zips") from None
+            raise DataError(f"{path}: not a readable PNG ({exc}); re-extract the Cityscapes zips") from None
 
     with load(sample.image, "leftImg8bit") as im:
         rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
@@ -240,7 +240,7 @@ def read_raw(sample: CityscapesSample) -> tuple[np.ndarray, np.ndarray, np.ndarr
         raise ValueError(f"{sample.label_ids}: expected a single-channel integer label map, got {labels.shape}")
     for path, a in ((sample.label_ids, labels), (sample.instance_ids, instances), (sample.disparity, disparity)):
         if a.shape != rgb.shape[:2]:
-            raise ValueError(f"{path}: shape {a.shape} does not match {sample.image.name} ({rgb.shape[:2]})")
+            raise DataError(f"{path}: shape {a.shape} does not match {sample.image.name} ({rgb.shape[:2]})")
     return rgb, labels, instances, disparity
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .benchmark import DatasetNotFound
+from .benchmark import DataError, DatasetNotFound
 from .dense_benchmark import DenseBenchmark
 
 #: the test images live in the ``val`` folder of the MTAN preprocessing
@@ -41,7 +41,7 @@ def _load(path: Path) -> np.ndarray:
     try:
         return np.load(path)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable .npy file ({exc}); re-extract the data set") from None
+        raise DataError(f"{path}: not a readable .npy file ({exc}); re-extract the data set") from None
 
 
 class SceneSplit(Dataset):
@@ -82,7 +82,7 @@ class SceneSplit(Dataset):
                 a = a[..., None] if a.ndim == 2 else a
                 t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 0), dtype=np.float32))
             if t.shape[-2:] != image.shape[-2:]:
-                raise ValueError(f"{path}: shape {tuple(a.shape)} does not match image/{i}.npy "
+                raise DataError(f"{path}: shape {tuple(a.shape)} does not match image/{i}.npy "
                                  f"({tuple(image.shape[-2:])} pixels)")
             targets.append(t)
         return image, targets

@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .benchmark import DatasetNotFound
+from .benchmark import DataError, DatasetNotFound
 
 __all__ = ["NYUDSplit", "PascalContextSplit", "write_nyud", "write_pascal_context",
            "write_human_parts_mat", "write_label_map", "read_human_parts", "label_map_boundary", "label_map_edges", "thin",
@@ -140,7 +140,7 @@ def _read_png(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             return np.array(im)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable image ({exc}); re-extract the data set") from None
+        raise DataError(f"{path}: not a readable image ({exc}); re-extract the data set") from None
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -150,14 +150,14 @@ def _read_rgb(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable image ({exc}); re-extract the data set") from None
+        raise DataError(f"{path}: not a readable image ({exc}); re-extract the data set") from None
 
 
 def _read_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable .npy file ({exc}); re-extract the data set") from None
+        raise DataError(f"{path}: not a readable .npy file ({exc}); re-extract the data set") from None
 
 
 def _read_mat(path: Path) -> dict:
@@ -165,7 +165,7 @@ def _read_mat(path: Path) -> dict:
     try:
         return scipy.io.loadmat(path)
     except (OSError, ValueError, TypeError) as exc:
-        raise ValueError(f"{path}: not a readable .mat file ({exc}); re-extract the data set") from None
+        raise DataError(f"{path}: not a readable .mat file ({exc}); re-extract the data set") from None
 
 
 def _plane(a: np.ndarray) -> np.ndarray:
@@ -303,12 +303,12 @@ def read_human_parts(path: str | Path, shape: tuple[int, int] | None = None) -> 
         objects = mat["anno"][0][0][1][0]
         people = [o for o in objects if int(np.asarray(o[1]).ravel()[0]) == PERSON_CLASS]
     except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: not a PASCAL-Part annotation (anno.objects with class_ind, mask, parts; "
+        raise DataError(f"{path}: not a PASCAL-Part annotation (anno.objects with class_ind, mask, parts; "
                          f"{exc!r}); re-extract human_parts/") from None
     if shape is None:
         masks = [np.asarray(o[2]) for o in objects if np.asarray(o[2]).ndim == 2]
         if not masks:
-            raise ValueError(f"{path}: no object mask to take the image size from; pass shape")
+            raise DataError(f"{path}: no object mask to take the image size from; pass shape")
         shape = masks[0].shape
     target = np.zeros(shape, dtype=np.int64)
     if not any(np.asarray(o[2]).sum() > 0 for o in people):
@@ -320,10 +320,10 @@ def read_human_parts(path: str | Path, shape: tuple[int, int] | None = None) -> 
         for part in parts[0]:
             name = str(np.asarray(part[0]).ravel()[0])
             if name not in HUMAN_PARTS_6:
-                raise ValueError(f"{path}: unknown person part {name!r}; expected one of {sorted(HUMAN_PARTS_6)}")
+                raise DataError(f"{path}: unknown person part {name!r}; expected one of {sorted(HUMAN_PARTS_6)}")
             mask = np.asarray(part[1]).astype(bool)
             if mask.shape != tuple(shape):
-                raise ValueError(f"{path}: part mask {mask.shape} does not match the image {tuple(shape)}")
+                raise DataError(f"{path}: part mask {mask.shape} does not match the image {tuple(shape)}")
             target[mask] = HUMAN_PARTS_6[name]
     if not target.any():
         target[:] = IGNORE
@@ -636,7 +636,7 @@ class PascalContextSplit(_DenseSplit):
         path = self.label_map_path(index)
         mat = _read_mat(path)
         if "LabelMap" not in mat:
-            raise ValueError(f"{path}: no LabelMap variable; re-extract pascal-context/trainval/")
+            raise DataError(f"{path}: no LabelMap variable; re-extract pascal-context/trainval/")
         return np.asarray(mat["LabelMap"])
 
     def load(self, index: int) -> tuple[np.ndarray, list[np.ndarray]]:

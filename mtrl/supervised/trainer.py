@@ -37,15 +37,25 @@ from tqdm import tqdm
 import aggregators
 from aggregators.fair import ConsMTL
 
+from .. import config_checks
 from .. import metrics as mtl_metrics
 from ..checkpoint import CheckpointError, load, save_atomic
 from ..configuration import ConfigError, build_aggregator, resolve_device
 from ..metrics_log import RunLogger
 from ..run_files import write_json_atomic
-from .benchmark import Benchmark, DatasetNotFound
+from ..run_identity import SUPERVISED_KEYS, check_continuation
+from .benchmark import Benchmark, DataError, DatasetNotFound
 
-CHECKPOINT_FORMAT = 1
-MODES = ("param", "rep")
+CHECKPOINT_FORMAT = 2
+MODES = config_checks.SUPERVISED_RULES["mode"].values
+
+
+def prepare_config(cfg: dict) -> dict:
+    """The checked config a run uses (:func:`mtrl.config_checks.prepare` with the supervised
+    rules; the benchmark names are valid presets); every bad value is a one-line ConfigError."""
+    from .registry import BENCHMARKS
+
+    return config_checks.prepare(cfg, config_checks.SUPERVISED_RULES, known_presets=BENCHMARKS)
 
 
 def build_benchmark(cfg: dict) -> Benchmark:
@@ -57,7 +67,7 @@ def build_benchmark(cfg: dict) -> Benchmark:
     if name not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {name!r}; valid: {', '.join(sorted(BENCHMARKS))}")
     if not cfg.get("root"):
-        raise ConfigError(f"benchmark {name} needs its data: set benchmark.root=PATH")
+        raise ConfigError(f"benchmark {name} needs its data: set data.root=PATH")
     try:
         return benchmark_class(name)(cfg["root"], **options)
     except TypeError as exc:
@@ -88,7 +98,8 @@ class SupervisedTrainer:
     """Train ``cfg["benchmark"]`` with ``cfg["aggregator"]`` (see ``configs/supervised.yaml``)."""
 
     def __init__(self, cfg: dict, run_dir: str | Path, benchmark: Benchmark | None = None):
-        self.cfg = copy.deepcopy(cfg)
+        cfg = prepare_config(copy.deepcopy(cfg))
+        self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.seed = int(cfg["seed"])
         self.device = resolve_device(str(cfg.get("device", "auto")))
@@ -100,18 +111,14 @@ class SupervisedTrainer:
         self.log_every = int(t.get("log_every", 50))
         self.diagnostics_every = int(t.get("diagnostics_every", 0))
         self.per_task = t.get("per_task_grads", "batched")
-        if self.per_task not in ("batched", "loop"):
-            raise ConfigError(f"train.per_task_grads must be batched or loop, got {self.per_task!r}")
         self.mode = cfg.get("mode", "param")
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         random.seed(self.seed)
         np.random.seed(self.seed)
         torch.manual_seed(self.seed)
 
         try:
             self.bench = benchmark or build_benchmark(cfg["benchmark"])
-        except DatasetNotFound as exc:
+        except (DatasetNotFound, DataError) as exc:
             raise ConfigError(str(exc)) from None
         k = self.bench.num_tasks
         try:
@@ -120,8 +127,7 @@ class SupervisedTrainer:
             raise ConfigError(f"model options {cfg.get('model')} do not fit benchmark {self.bench.name}: {exc}") from None
         except FileNotFoundError as exc:   # model.weights=PATH that is not there
             raise ConfigError(str(exc)) from None
-        preset = cfg.get("aggregator_preset")
-        self.agg = build_aggregator(cfg["aggregator"], k, preset).to(self.device)
+        self.agg = build_aggregator(cfg["aggregator"], k).to(self.device)
         self.lower_level = isinstance(self.agg, ConsMTL)
         self.after_step = aggregators.needs_after_step(self.agg)
         if self.lower_level and len(self.model.heads) != k:
@@ -138,13 +144,16 @@ class SupervisedTrainer:
         self.weights_steps = 0
         self.best = {"score": math.inf, "epoch": None, "test": None, "selection": None}
         self.recent: list[tuple[int, dict]] = []   # (epoch, test metrics) of the last report_last_epochs
+        self.evaluations: list[dict] = []          # the metrics.jsonl records so far (kept in the checkpoint)
 
         self.ckpt_path = self.run_dir / "checkpoints" / "latest.pt"
         resumed = self.ckpt_path.exists()
+        self.changed: list[tuple[str, object, object]] = []
         if resumed:
             self._restore(load(self.ckpt_path))
-        self.log = RunLogger(self.run_dir, resume_step=self.epoch if resumed else None)
-        self.log.save_config(self.cfg)
+        self.log = RunLogger(self.run_dir, resume_step=self.epoch if resumed else None,
+                             evaluations=self.evaluations if resumed else None)
+        self.log.save_config(self.cfg, self.epoch, self.changed)
         self.resumed = resumed
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -152,16 +161,17 @@ class SupervisedTrainer:
         return {"format": CHECKPOINT_FORMAT, "config": self.cfg, "epoch": self.epoch, "step": self.step,
                 "model": self.model.state_dict(), "aggregator": self.agg.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "best": self.best, "recent": self.recent,
+                "best": self.best, "recent": self.recent, "evaluations": self.evaluations,
                 "weights_sum": self.weights_sum, "weights_steps": self.weights_steps,
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
 
     def _restore(self, state: dict) -> None:
         if state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
             raise CheckpointError(f"{self.ckpt_path} is not a checkpoint of the supervised trainer; use a new run directory")
-        for key in ("benchmark", "model", "aggregator", "aggregator_preset", "mode"):
-            if (state["config"].get(key) or None) != (self.cfg.get(key) or None):
-                raise CheckpointError(f"{self.ckpt_path} was written with a different {key} config; use a new run directory")
+        try:
+            self.changed = check_continuation(state["config"], self.cfg, SUPERVISED_KEYS, str(self.ckpt_path))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         try:
             self.model.load_state_dict(state["model"])
             self.agg.load_state_dict(state["aggregator"])
@@ -171,6 +181,7 @@ class SupervisedTrainer:
             raise CheckpointError(f"{self.ckpt_path} does not fit this run ({exc}); use a new run directory") from None
         self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), state["best"]
         self.recent = [tuple(r) for r in state.get("recent", [])]
+        self.evaluations = list(state["evaluations"])
         self.weights_sum = state.get("weights_sum", self.weights_sum).to(torch.float64).cpu()
         self.weights_steps = int(state.get("weights_steps", 0))
         torch.set_rng_state(state["rng"]["torch"])
@@ -310,6 +321,7 @@ class SupervisedTrainer:
                 self.weights_steps += weighted_steps
             if hasattr(self.agg, "omega"):
                 record["omega"] = self.agg.omega.detach().cpu().tolist()
+            self.evaluations.append(record)
             self.log.evaluation(record)
             self.log.scalars({f"{sel}/delta_m": dm, **{f"{sel}/delta_m_i/{t}": v for t, v in dm_i.items()},
                               **{f"{s}/{m}": v for s, vals in values.items() for m, v in vals.items()}}, self.epoch)

@@ -1,0 +1,125 @@
+"""What both training scripts do around a run: name its directory from its identity, check
+its config, claim the directory, refuse to continue it under another config, skip it when
+it is finished, and report failures (one line; exit code 2 for bad configuration, 1 for a
+failed run; in a sweep the failure goes to ``status.json`` and the other runs go on).
+
+Order (every check before any file of the run is touched):
+
+1. ``prepare(config)``: every value checked, presets applied (exit 2 on a bad value);
+2. the lock (:mod:`mtrl.run_lock`): a directory in use by another live process is left
+   alone (exit 2; in a sweep the run is reported as running);
+3. temporary files of killed writes are removed;
+4. the directory's ``config.json`` against this config (:mod:`mtrl.run_identity`):
+   any difference outside the driver's resumable keys is refused, naming the key;
+5. a run whose ``status.json`` says it finished this length is skipped;
+6. the run itself.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .checkpoint import CheckpointError
+from .configuration import ConfigError
+from .run_files import DiskFullError, read_config, remove_temp_files, run_is_finished, write_status
+from .run_identity import META_KEY, KeyPolicy, check_continuation, config_hash, run_name
+from .run_lock import RunLock, RunLocked
+
+
+class RunFailed(RuntimeError):
+    """A run that started and failed (non-finite updates, ...): exit code 1, status ``failed``."""
+
+
+def register_run_name(policy: KeyPolicy) -> None:
+    """The OmegaConf resolver ``${run_name:<method>}`` of the configs' ``hydra.run.dir`` and
+    ``hydra.sweep.subdir``: ``<method>[-<typed override>...]-<config hash>``
+    (:func:`mtrl.run_identity.run_name`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    def resolve(method, *, _root_):
+        config = {k: (OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v)
+                  for k, v in _root_.items() if k != "hydra"}
+        try:
+            overrides = list(HydraConfig.get().overrides.task)
+        except ValueError:   # outside a Hydra job
+            overrides = []
+        return run_name(str(method), overrides, config, policy)
+
+    OmegaConf.register_new_resolver("run_name", resolve, replace=True)
+
+
+def job_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task)
+
+
+def with_metadata(config: dict, overrides: list[str], policy: KeyPolicy) -> dict:
+    """``config`` with its run metadata: the typed overrides and the identity hash."""
+    return {**config, META_KEY: {"overrides": overrides, "identity": config_hash(config, policy)}}
+
+
+def resume_command(script: str, overrides: list[str], run_dir: str, extra: dict[str, object]) -> str:
+    """The command that resumes this one run in ``run_dir`` with ``extra`` values."""
+    keep = [o for o in overrides if not o.lstrip("+~").startswith("hydra")
+            and o.lstrip("+~").partition("=")[0] not in extra]
+    args = keep + [f"{k}={v}" for k, v in extra.items()] + [f"hydra.run.dir={run_dir}"]
+    return " ".join(shlex.quote(a) for a in ["python", script, *args])
+
+
+def run_directory(run_dir: str | Path, config: dict, *, policy: KeyPolicy, prepare: Callable[[dict], dict],
+                  length: str, sweep: bool, body: Callable[[dict], None]) -> None:
+    """Steps 1-6 of the module docstring; ``length`` is the ``train`` key of the run's length
+    (``steps`` or ``epochs``), ``body(config)`` runs the run."""
+    run_dir = Path(run_dir)
+
+    def fail(exc: BaseException, code: int, record: bool) -> None:
+        print(f"error: {exc}", file=sys.stderr)
+        if record:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}")
+            except OSError:
+                pass
+        if not sweep:
+            raise SystemExit(code)
+
+    try:
+        config = prepare(config)
+    except ConfigError as exc:
+        if not sweep and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()   # the empty directory Hydra made for a run that never starts
+        return fail(exc, 2, record=sweep)
+    try:
+        lock = RunLock(run_dir).acquire()
+    except RunLocked as exc:
+        if sweep:
+            print(f"running elsewhere, left alone: {exc}", file=sys.stderr)
+            return
+        return fail(exc, 2, record=False)
+    try:
+        if lock.stale_message():
+            print(lock.stale_message(), file=sys.stderr)
+        for p in remove_temp_files(run_dir):
+            print(f"note: removed {p} (left by a killed write)", file=sys.stderr)
+        if (run_dir / "config.json").is_file():
+            try:
+                check_continuation(read_config(run_dir), config, policy, str(run_dir))
+            except ValueError as exc:
+                return fail(ConfigError(str(exc)), 2, record=False)   # the directory holds another run: leave it
+        total = config["train"][length]
+        if run_is_finished(run_dir, total):
+            print(f"run directory: {run_dir} (finished: {total} {length}; skipped)")
+            return
+        try:
+            body(config)
+        except ConfigError as exc:
+            return fail(exc, 2, record=sweep)
+        except (CheckpointError, RunFailed, DiskFullError) as exc:
+            return fail(exc, 1, record=True)
+    finally:
+        lock.release()
