@@ -25,7 +25,7 @@ from typing import Callable
 from .checkpoint import CheckpointError
 from .configuration import ConfigError
 from .run_files import DiskFullError, read_config, remove_temp_files, run_is_finished, write_status
-from .run_identity import META_KEY, KeyPolicy, check_continuation, config_hash, run_name
+from .run_identity import META_KEY, POLICIES, KeyPolicy, check_continuation, config_hash, run_name
 from .run_lock import RunLock, RunLocked
 
 
@@ -33,23 +33,29 @@ class RunFailed(RuntimeError):
     """A run that started and failed (non-finite updates, ...): exit code 1, status ``failed``."""
 
 
-def register_run_name(policy: KeyPolicy) -> None:
-    """The OmegaConf resolver ``${run_name:<method>}`` of the configs' ``hydra.run.dir`` and
+def _resolve_run_name(driver: str, method, *, _root_) -> str:
+    """``${run_name:<driver>,<method>}`` in the configs' ``hydra.run.dir`` and
     ``hydra.sweep.subdir``: ``<method>[-<typed override>...]-<config hash>``
-    (:func:`mtrl.run_identity.run_name`)."""
+    (:func:`mtrl.run_identity.run_name` under the driver's :data:`POLICIES` entry)."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
-    def resolve(method, *, _root_):
-        config = {k: (OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v)
-                  for k, v in _root_.items() if k != "hydra"}
-        try:
-            overrides = list(HydraConfig.get().overrides.task)
-        except ValueError:   # outside a Hydra job
-            overrides = []
-        return run_name(str(method), overrides, config, policy)
+    config = {k: (OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v)
+              for k, v in _root_.items() if k != "hydra"}
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:   # outside a Hydra job
+        overrides = []
+    return run_name(str(method), overrides, config, POLICIES[driver])
 
-    OmegaConf.register_new_resolver("run_name", resolve, replace=True)
+
+def register_run_name() -> None:
+    """Register the ``run_name`` resolver.  Importing this module does it, so a sweep job
+    that unpickles the scripts' task function elsewhere (joblib workers, SLURM nodes) has it
+    before Hydra resolves the job's directory."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("run_name", _resolve_run_name, replace=True)
 
 
 def job_overrides() -> list[str]:
@@ -123,3 +129,6 @@ def run_directory(run_dir: str | Path, config: dict, *, policy: KeyPolicy, prepa
             return fail(exc, 1, record=True)
     finally:
         lock.release()
+
+
+register_run_name()

@@ -58,6 +58,9 @@ SUPERVISED_KEYS = KeyPolicy(
     in_path=frozenset({"benchmark", "aggregator", "mode", "seed", "sweep"}),
 )
 
+#: the drivers' policies by the name the configs' ``${run_name:<driver>,...}`` uses
+POLICIES = {"rl": RL_KEYS, "supervised": SUPERVISED_KEYS}
+
 _SAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 MAX_NAME = 100
 

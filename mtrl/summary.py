@@ -31,13 +31,12 @@ import numpy as np
 from scipy import stats
 
 from .run_files import read_config, read_status
-from .run_identity import META_KEY
+from .run_identity import META_KEY, RL_KEYS
 
 RUN_MARKERS = ("config.json", os.path.join(".hydra", "config.yaml"), "metrics.jsonl")
 # Config keys that do not change what a run computes: runs differing only here are seeds
 # of the same experiment.
-IGNORED_KEYS = frozenset({"seed", "device", "train.checkpoint_every", "train.log_every",
-                          "train.diagnostics_every", "train.max_nonfinite"})
+IGNORED_KEYS = frozenset({"seed"} | (RL_KEYS.untracked - {"train.steps"}))
 LABEL_KEYS = ("env.name", "env.protocol", "agent.kind", "aggregator.name", "train.steps")
 RECORD_KEYS = {"step": int, "tasks": list, "success": list, "mean_success": (int, float)}
 SUMMARY_COLUMNS = ("env", "protocol", "agent", "aggregator", "steps", "variant", "seeds", "best_mean", "best_sem",

@@ -127,11 +127,7 @@ class Trainer:
         self.reference_success = ref
         perf = cfg.get("performance", {})
         self.performance_source = perf.get("source", "eval")
-        if self.performance_source not in ("eval", "train_window"):
-            raise ConfigError(f"performance.source must be 'eval' or 'train_window', got {self.performance_source!r}")
         self.performance_window = int(perf.get("window", 50))
-        if self.performance_window < 1:
-            raise ConfigError(f"performance.window must be >= 1 episode, got {self.performance_window}")
         #: success (0/1) of the last training episodes, one row per episode (train_window source)
         self.train_success: list[list[float]] = []
         self.fed_success: list[float] | None = None

@@ -30,6 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mtrl import launch  # noqa: E402  (registers ${run_name:...}; a global of the task function, so sweep
+                         # workers that unpickle it import it too)
+
 CONFIGS = ROOT / "configs"
 GROUPS = ("env", "agent", "aggregator", "experiment", "sweep")
 
@@ -65,16 +68,12 @@ def main() -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from mtrl.launch import register_run_name
     from mtrl.run_identity import RL_KEYS
-
-    register_run_name(RL_KEYS)
 
     @hydra.main(config_path=str(CONFIGS), config_name="train", version_base="1.3")
     def run(cfg) -> None:
         from hydra.types import RunMode
 
-        from mtrl.launch import RunFailed, job_overrides, resume_command, run_directory, with_metadata
         from mtrl.trainer import NonFiniteError, Trainer, format_success_table, prepare_config
 
         hc = HydraConfig.get()
@@ -82,8 +81,8 @@ def main() -> None:
         sweep = hc.mode == RunMode.MULTIRUN
         if sweep:
             share_cpus(hc.launcher)
-        overrides = job_overrides()
-        config = with_metadata(OmegaConf.to_container(cfg, resolve=True), overrides, RL_KEYS)
+        overrides = launch.job_overrides()
+        config = launch.with_metadata(OmegaConf.to_container(cfg, resolve=True), overrides, RL_KEYS)
 
         def train(config: dict) -> None:
             trainer = Trainer(config, run_dir)
@@ -95,14 +94,14 @@ def main() -> None:
                 record = trainer.train()
             except NonFiniteError as exc:
                 lower = trainer.learning_rate / 10
-                raise RunFailed(f"{exc}; to resume it with a lower learning rate: "
-                                + resume_command("scripts/train.py", overrides, run_dir, {"agent.lr": f"{lower:g}"})) from None
+                raise launch.RunFailed(f"{exc}; to resume it with a lower learning rate: "
+                                + launch.resume_command("scripts/train.py", overrides, run_dir, {"agent.lr": f"{lower:g}"})) from None
             finally:
                 trainer.close()
             if record is not None:
                 print(format_success_table(record, trainer.best_mean_success))
 
-        run_directory(run_dir, config, policy=RL_KEYS, prepare=prepare_config, length="steps", sweep=sweep, body=train)
+        launch.run_directory(run_dir, config, policy=RL_KEYS, prepare=prepare_config, length="steps", sweep=sweep, body=train)
 
     run()
 

@@ -27,6 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from train import check_group_choices, share_cpus  # noqa: E402  (scripts/train.py)
 
+from mtrl import launch  # noqa: E402  (registers ${run_name:...}; a global of the task function, so sweep
+                         # workers that unpickle it import it too)
+
 CONFIGS = ROOT / "configs"
 
 
@@ -36,15 +39,11 @@ def main() -> None:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from mtrl.launch import register_run_name
     from mtrl.run_identity import SUPERVISED_KEYS
-
-    register_run_name(SUPERVISED_KEYS)
 
     @hydra.main(config_path=str(CONFIGS), config_name="supervised", version_base="1.3")
     def run(cfg) -> None:
         from mtrl.configuration import ConfigError
-        from mtrl.launch import job_overrides, run_directory, with_metadata
         from mtrl.supervised.benchmark import DataError, DatasetNotFound
         from mtrl.supervised.trainer import SupervisedTrainer, prepare_config
 
@@ -53,7 +52,8 @@ def main() -> None:
         sweep = hc.mode == RunMode.MULTIRUN
         if sweep:
             share_cpus(hc.launcher)
-        config = with_metadata(OmegaConf.to_container(cfg, resolve=True), job_overrides(), SUPERVISED_KEYS)
+        config = launch.with_metadata(OmegaConf.to_container(cfg, resolve=True), launch.job_overrides(),
+                                        SUPERVISED_KEYS)
         config["benchmark"]["root"] = config["data"]["root"]
 
         def train(config: dict) -> None:
@@ -70,7 +70,7 @@ def main() -> None:
             print(json.dumps({k: results[k] for k in ("selected_epoch", "delta_m", "delta_m_var", "delta_m_i")},
                              indent=1))
 
-        run_directory(run_dir, config, policy=SUPERVISED_KEYS, prepare=prepare_config, length="epochs",
+        launch.run_directory(run_dir, config, policy=SUPERVISED_KEYS, prepare=prepare_config, length="epochs",
                       sweep=sweep, body=train)
 
     run()

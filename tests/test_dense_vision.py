@@ -386,9 +386,7 @@ def test_presets_compose_with_the_papers_protocol():
     assert list(small.model.filters) == [16, 32, 64, 128, 128]
     from hydra.core.hydra_config import HydraConfig
     HydraConfig.instance().set_config(small)   # what @hydra.main does: resolves ${hydra:...}
-    from mtrl.launch import register_run_name
-    from mtrl.run_identity import SUPERVISED_KEYS
-    register_run_name(SUPERVISED_KEYS)
+    import mtrl.launch  # noqa: F401  (registers ${run_name:...})
     import re
     assert re.fullmatch(r"runs/supervised/nyuv2-small/param/ls-[0-9a-f]{8}/seed0", small.hydra.run.dir)
 

@@ -327,3 +327,17 @@ def test_supervised_bad_values_missing_and_corrupt_data_are_one_line_and_exit_2(
     res = _supervised(f"data.root={broken}", f"hydra.run.dir={tmp_path / 'c'}", cwd=tmp_path)
     assert res.returncode == 2
     assert "not a readable image" in _one_line(res)
+
+
+def test_supervised_tables_flag_duplicated_and_missing_epochs(celeba, tmp_path):
+    from mtrl.supervised.tables import load_run as load_supervised
+
+    run = tmp_path / "run"
+    res = _supervised("train.epochs=2", f"data.root={celeba}", f"hydra.run.dir={run}", "train.max_batches=1",
+                      cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert load_supervised(run)[1] == []
+    first, second = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(f"{first}\n{first}\n{second}\n")
+    run_obj, problems = load_supervised(run)
+    assert run_obj is not None and any("epochs [1, 1, 2], expected 1..2" in p.message for p in problems)

@@ -38,13 +38,13 @@ from .. import metrics as mtl_metrics
 from ..run_files import read_config, read_status
 from ..summary import (Problem, column_sem, flatten_config, markdown_table, seed_order, variant_labels, write_csv, find_run_dirs,
                        problems_markdown, sem)
+from ..run_identity import SUPERVISED_KEYS
 from .benchmark import Metric
 from .registry import benchmark_metrics
 
 # Config keys that do not change what a run computes: runs differing only here are seeds
 # of the same method.
-IGNORED_KEYS = frozenset({"seed", "device", "data.root", "benchmark.root", "train.log_every",
-                          "train.diagnostics_every"})
+IGNORED_KEYS = frozenset({"seed"} | (SUPERVISED_KEYS.untracked - {"train.epochs"}))
 #: relative tolerance between results.json's dm% and the one recomputed from its metrics
 DM_TOLERANCE = 1e-6
 FIXED_COLUMNS = ("benchmark", "table", "method", "aggregator", "mode", "variant", "seeds", "seed_list", "mr",
@@ -185,6 +185,25 @@ class Table:
 
 # ------------------------------------------------------------------------------- loading
 
+def _epoch_list(run_dir: Path) -> list[int]:
+    """The epochs of the intact records of ``metrics.jsonl``, in file order."""
+    out = []
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            out.append(int(json.loads(line)["epoch"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def _short(values: list) -> str:
+    return str(values) if len(values) <= 8 else f"[{', '.join(map(str, values[:8]))}, ...]"
+
+
 def _epochs_done(run_dir: Path) -> int:
     """The last epoch recorded in ``metrics.jsonl`` (0 without one)."""
     done = 0
@@ -265,6 +284,11 @@ def load_run(run_dir, metrics_cache: dict | None = None) -> tuple[SupervisedRun 
         return None, [Problem(where, error)]
     run = SupervisedRun(run_dir, config, results, metrics)
     problems = []
+    epochs = _epoch_list(run_dir)
+    expected = list(range(1, int(config.get("train", {}).get("epochs", len(epochs))) + 1))
+    if epochs != expected:
+        problems.append(Problem(where, f"flagged: metrics.jsonl lists epochs {_short(epochs)}, expected 1..{len(expected)} "
+                                       "once each (duplicated, missing or torn records)"))
     stored = results.get("delta_m")
     if isinstance(stored, (int, float)):
         recomputed = mtl_metrics.delta_m(list(run.values()), [m.baseline for m in metrics],
