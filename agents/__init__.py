@@ -1,18 +1,20 @@
 """Agents (multi-task SAC variants) for the MT10 trainer.
 
->>> from agents import MultiTaskSAC, make_aggregators
->>> agent = MultiTaskSAC(39, 4, 10, kind="mh_sac", aggregators=make_aggregators("pivrg", 10))
+>>> from agents import MultiTaskSAC
+>>> agent = MultiTaskSAC(39, 4, 10, kind="mh_sac", backward=backwards)  # one per component
 >>> a = agent.act(obs, deterministic=True)    # obs (k, 39) -> (k, 4), row i: task i
 >>> logs = agent.update(batch)                 # stratified batch: every tensor (k, b, ...)
+
+The agent computes per-task losses and names its shared and task parameters; the
+aggregated backward is handed in (``mtrl.aggregation.component_backwards``).  Agents
+import no aggregator and nothing of ``mtrl``.
 """
 
-from .networks import (KINDS, Actor, Critic, StackedMLP, actor_forward, actor_sample, critic_forward,
-                       mlp_forward)
-from .sac import (AGGREGATOR_LR, COMPONENTS, MultiTaskSAC, Temperature, actor_loss, critic_loss,
-                  make_aggregators, needs_after_step, temperature_loss)
+from .networks import KINDS, Actor, Critic, StackedMLP, mlp_forward, squashed_gaussian
+from .sac import (COMPONENTS, Backward, MultiTaskSAC, SumBackward, Temperature, actor_losses, critic_losses,
+                  temperature_losses)
 
 __all__ = [
-    "AGGREGATOR_LR", "COMPONENTS", "KINDS", "Actor", "Critic", "MultiTaskSAC", "StackedMLP", "Temperature",
-    "actor_forward", "actor_loss", "actor_sample", "critic_forward", "critic_loss", "make_aggregators",
-    "mlp_forward", "needs_after_step", "temperature_loss",
+    "COMPONENTS", "KINDS", "Actor", "Backward", "Critic", "MultiTaskSAC", "StackedMLP", "SumBackward",
+    "Temperature", "actor_losses", "critic_losses", "mlp_forward", "squashed_gaussian", "temperature_losses",
 ]

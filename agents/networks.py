@@ -1,20 +1,29 @@
-"""SAC networks in a functional, task-stacked form (``torch.func.vmap`` over the task axis).
+"""SAC networks on task-split batches: one matmul per shared layer over the whole batch.
+
+A stratified batch holds k consecutive blocks of b samples, block i belonging to task i.
+The networks run on the flattened batch ``x (N = k b, in)``:
+
+* a shared layer is one matmul ``x @ W^T + b`` over all N samples: never k copies of the
+  weights;
+* a task head is a batched matmul over the k blocks, each with its own task's weights, so
+  a head is only ever computed for its own task's samples;
+* the task embedding ``emb`` (k, e) is repeated over each task's block and concatenated
+  to the input.
 
 Every network is a chain of linear layers with ReLU between them (none after the last).
 Its parameters live in two dicts:
 
 * ``shared``: the trunk, one tensor per layer (``trunk{j}_w`` (out, in), ``trunk{j}_b`` (out,));
 * ``task``: per-task tensors stacked with a leading k axis: the head layers
-  (``head{j}_w`` (k, out, in), ``head{j}_b`` (k, out)) applied after the trunk, and the task
-  embedding ``emb`` (k, e) concatenated to the network input.
+  (``head{j}_w`` (k, out, in), ``head{j}_b`` (k, out)) and the embedding ``emb`` (k, e).
 
-The pure functions below take ONE task's slice of ``task`` (row i of every tensor) and that
-task's inputs, so ``vmap(f, in_dims=(None, 0, 0, ...))`` evaluates every task on its own
-samples with its own head: a head is only ever computed for its own task.
+Given a ``record`` list, the forward appends ``(input, output, weight, bias)`` for each
+shared layer.  The per-task gradient engine takes the k per-task weight gradients from
+those: ``A_i^T delta_i`` on the task blocks, at the cost of one backward.
 
 The twin critic stores its two Q networks as one ensemble: every critic weight has an extra
 leading axis of size 2 (``(2, out, in)`` shared, ``(k, 2, out, in)`` per task), so both Q
-values come from the same batched matmuls; :func:`critic_forward` returns ``(2, b)``.
+values come from the same batched matmuls.
 
 Kinds (config names):
 
@@ -31,16 +40,13 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import vmap
 
 __all__ = [
     "KINDS",
     "LOG_STD_MIN",
     "LOG_STD_MAX",
     "mlp_forward",
-    "actor_forward",
-    "actor_sample",
-    "critic_forward",
+    "squashed_gaussian",
     "StackedMLP",
     "Actor",
     "Critic",
@@ -50,17 +56,35 @@ KINDS = ("mh_sac", "mtl_sac", "mtl_sac_te")
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
+Params = dict[str, Tensor]
+
 
 # ---------------------------------------------------------------------------------------
-# pure functions (one task)
+# pure functions on the flattened batch
 # ---------------------------------------------------------------------------------------
-def _linear(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+def _shared_linear(x: Tensor, w: Tensor, b: Tensor, record: list | None) -> Tensor:
     """``x @ w^T + b`` for plain ``w (out, in)`` and ensemble ``w (E, out, in)`` weights
-    (an ensemble maps ``x (b, in)`` or ``x (E, b, in)`` to ``(E, b, out)``)."""
-    return torch.matmul(x, w.transpose(-1, -2)) + b.unsqueeze(-2)
+    (an ensemble maps ``x (N, in)`` or ``x (E, N, in)`` to ``(E, N, out)``)."""
+    if w.dim() == 2 and x.dim() == 2:
+        y = torch.addmm(b, x, w.T)
+    else:   # an ensemble: one batched matmul, the bias folded in
+        y = torch.baddbmm(b.unsqueeze(-2), x.expand(w.shape[0], *x.shape[-2:]), w.transpose(-1, -2))
+    if record is not None:
+        record.append((x, y, w, b))
+    return y
 
 
-def _layers(params: dict[str, Tensor], prefix: str) -> list[tuple[Tensor, Tensor]]:
+def _head_linear(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """Task i's weights on task i's block: ``w (k, [E,] out, in)``, ``x ([E,] N, in)``."""
+    k = w.shape[0]
+    w = w.movedim(0, w.dim() - 3)               # ([E,] k, out, in)
+    b = b.movedim(0, b.dim() - 2)               # ([E,] k, out)
+    blocks = x.unflatten(-2, (k, x.shape[-2] // k))
+    y = torch.matmul(blocks, w.transpose(-1, -2)) + b.unsqueeze(-2)
+    return y.flatten(-3, -2)
+
+
+def _layers(params: Params, prefix: str) -> list[tuple[Tensor, Tensor]]:
     out, j = [], 0
     while f"{prefix}{j}_w" in params:
         out.append((params[f"{prefix}{j}_w"], params[f"{prefix}{j}_b"]))
@@ -68,25 +92,20 @@ def _layers(params: dict[str, Tensor], prefix: str) -> list[tuple[Tensor, Tensor
     return out
 
 
-def mlp_forward(shared: dict[str, Tensor], task: dict[str, Tensor], x: Tensor) -> Tensor:
-    """One task's network on ``x (b, in)``: [input ++ embedding] -> trunk -> head."""
+def mlp_forward(shared: Params, task: Params, x: Tensor, k: int, record: list | None = None) -> Tensor:
+    """The network on the flattened batch ``x (N, in)`` of k task blocks:
+    [input ++ embedding] -> trunk -> head, ``([E,] N, out)``."""
     if "emb" in task:
-        e = task["emb"]
-        x = torch.cat([x, e.expand(*x.shape[:-1], e.shape[-1])], dim=-1)
-    layers = _layers(shared, "trunk") + _layers(task, "head")
-    for j, (w, b) in enumerate(layers):
-        x = _linear(x, w, b)
-        if j < len(layers) - 1:
-            x = torch.relu(x)
+        x = torch.cat([x, task["emb"].repeat_interleave(x.shape[-2] // k, dim=0)], dim=-1)
+    trunk, head = _layers(shared, "trunk"), _layers(task, "head")
+    last = len(trunk) + len(head) - 1
+    for j, (w, b) in enumerate(trunk):
+        x = _shared_linear(x, w, b, record)
+        x = torch.relu(x) if j < last else x
+    for j, (w, b) in enumerate(head, start=len(trunk)):
+        x = _head_linear(x, w, b)
+        x = torch.relu(x) if j < last else x
     return x
-
-
-def actor_forward(shared: dict[str, Tensor], task: dict[str, Tensor], obs: Tensor) -> tuple[Tensor, Tensor]:
-    """``(mean, log_std)`` of the pre-tanh Gaussian, each ``(b, act_dim)``; the log-std is
-    squashed into [LOG_STD_MIN, LOG_STD_MAX] by ``min + 0.5 (max - min) (tanh(raw) + 1)``."""
-    mean, raw = mlp_forward(shared, task, obs).chunk(2, dim=-1)
-    log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw) + 1.0)
-    return mean, log_std
 
 
 def squashed_gaussian(mean: Tensor, log_std: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
@@ -97,19 +116,6 @@ def squashed_gaussian(mean: Tensor, log_std: Tensor, noise: Tensor) -> tuple[Ten
     gauss = (-0.5 * noise.pow(2) - log_std - _HALF_LOG_2PI).sum(-1)
     correction = (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
     return torch.tanh(u), gauss - correction
-
-
-def actor_sample(shared: dict[str, Tensor], task: dict[str, Tensor], obs: Tensor, noise: Tensor
-                 ) -> tuple[Tensor, Tensor]:
-    """One task's action ``(b, act_dim)`` in [-1, 1] and log-probability ``(b,)`` for the
-    given standard-normal ``noise (b, act_dim)`` (drawn outside vmap)."""
-    mean, log_std = actor_forward(shared, task, obs)
-    return squashed_gaussian(mean, log_std, noise)
-
-
-def critic_forward(shared: dict[str, Tensor], task: dict[str, Tensor], obs: Tensor, act: Tensor) -> Tensor:
-    """One task's twin Q values, ``(2, b)``."""
-    return mlp_forward(shared, task, torch.cat([obs, act], dim=-1)).squeeze(-1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -178,13 +184,21 @@ class Actor(StackedMLP):
         super().__init__(obs_dim, 2 * act_dim, num_tasks, **kw)
         self.act_dim = act_dim
 
-    def distribution(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """``(mean, log_std)`` for stratified ``obs (k, b, obs_dim)``."""
-        return vmap(actor_forward, in_dims=(None, 0, 0))(self.shared_params(), self.task_params(), obs)
+    def distribution(self, obs: Tensor, record: list | None = None) -> tuple[Tensor, Tensor]:
+        """``(mean, log_std)`` of the pre-tanh Gaussian, each ``(k, b, act_dim)``, for
+        stratified ``obs (k, b, obs_dim)``; the log-std is squashed into
+        [LOG_STD_MIN, LOG_STD_MAX] by ``min + 0.5 (max - min) (tanh(raw) + 1)``."""
+        k, b = obs.shape[:2]
+        out = mlp_forward(self.shared_params(), self.task_params(), obs.reshape(k * b, -1), k, record)
+        mean, raw = out.reshape(k, b, -1).chunk(2, dim=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw) + 1.0)
+        return mean, log_std
 
-    def sample(self, obs: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
-        """Actions ``(k, b, act_dim)`` and log-probs ``(k, b)`` for ``noise (k, b, act_dim)``."""
-        return vmap(actor_sample, in_dims=(None, 0, 0, 0))(self.shared_params(), self.task_params(), obs, noise)
+    def sample(self, obs: Tensor, noise: Tensor, record: list | None = None) -> tuple[Tensor, Tensor]:
+        """Actions ``(k, b, act_dim)`` in [-1, 1] and log-probs ``(k, b)`` for the
+        standard-normal ``noise (k, b, act_dim)``."""
+        mean, log_std = self.distribution(obs, record)
+        return squashed_gaussian(mean, log_std, noise)
 
 
 class Critic(StackedMLP):
@@ -193,6 +207,14 @@ class Critic(StackedMLP):
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, **kw):
         super().__init__(obs_dim + act_dim, 1, num_tasks, ensemble=2, **kw)
 
-    def q_values(self, obs: Tensor, act: Tensor) -> Tensor:
-        """Twin Q values ``(k, 2, b)`` for stratified ``obs``, ``act``."""
-        return vmap(critic_forward, in_dims=(None, 0, 0, 0))(self.shared_params(), self.task_params(), obs, act)
+    def q_values(self, obs: Tensor, act: Tensor, record: list | None = None, detached: bool = False) -> Tensor:
+        """Twin Q values ``(k, 2, b)`` for stratified ``obs``, ``act``; ``detached``: with
+        the parameters cut from the graph (the actor loss reads the critic that way)."""
+        k, b = obs.shape[:2]
+        shared, task = self.shared_params(), self.task_params()
+        if detached:
+            shared = {n: p.detach() for n, p in shared.items()}
+            task = {n: p.detach() for n, p in task.items()}
+        x = torch.cat([obs, act], dim=-1).reshape(k * b, -1)
+        q = mlp_forward(shared, task, x, k, record).squeeze(-1)     # (2, N)
+        return q.reshape(2, k, b).transpose(0, 1)

@@ -1,97 +1,128 @@
-"""Multi-task SAC on stratified batches, with per-component gradient aggregation.
+"""Multi-task SAC on stratified batches; the gradient aggregation is handed in.
 
 A batch holds k rows, one per task: ``obs (k, b, obs_dim)``, ``action (k, b, act_dim)``,
 ``reward (k, b)``, ``next_obs (k, b, obs_dim)``, ``done (k, b)`` (terminations only, never
 time-limit truncations).  The task of a sample is its row; observations carry no task id.
 
-Each of the three components (critic, actor, temperature) states its loss for ONE task as a
-pure function of (shared params, that task's params, that task's slice of the batch);
-:func:`mtrl.per_task_grads.aggregated_backward` maps it over the task axis and sends the
-(k, n) matrix of per-task shared gradients through that component's own aggregator, while
-every task parameter (head row, embedding row, per-task log-alpha) keeps its own task's
-gradient.  The agent knows nothing about aggregation beyond that call.
+Each of the three components (critic, actor, temperature) computes its k per-task losses
+on the flattened batch, and names its shared and task parameters and the shared linear
+layers its forward ran (``record``).  Its backward is handed in by the caller, one
+:class:`Backward` per component.  The MT10 trainer hands the aggregated backward of
+:mod:`mtrl.aggregation`, and without one the agent does a plain backward of the summed
+losses (MTL-SAC).  The agent knows nothing about aggregation.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from functools import partial
-from typing import Callable, Mapping, Union
+from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol
 
 import torch
 from torch import Tensor, nn
 
-import aggregators as aggregator_registry
-from aggregators import Aggregator, needs_after_step
-from mtrl.per_task_grads import UpdateInfo, aggregated_backward, per_task_losses
-
-from .networks import KINDS, Actor, Critic, actor_sample, critic_forward, squashed_gaussian
+from .networks import KINDS, Actor, Critic, squashed_gaussian
 
 __all__ = [
-    "AGGREGATOR_LR",
     "COMPONENTS",
+    "Backward",
     "MultiTaskSAC",
+    "SumBackward",
     "Temperature",
-    "critic_loss",
-    "actor_loss",
-    "temperature_loss",
-    "make_aggregators",
-    "needs_after_step",
+    "critic_losses",
+    "actor_losses",
+    "temperature_losses",
 ]
 
-#: learning rate of the aggregators' own learnable parameters (UW log-variances, GradNorm
-#: logits), Adam; 0.025 as in the Nash-MTL / FAMO reference code
-AGGREGATOR_LR = 0.025
-#: the components, in update order; each has its own aggregator and optimiser
+#: the components, in update order; each has its own backward and optimiser
 COMPONENTS = ("critic", "actor", "alpha")
 BATCH_KEYS = ("obs", "action", "reward", "next_obs", "done")
 
-AggregatorSpec = Union[None, str, Mapping[str, Aggregator], Callable[[str], Aggregator]]
+
+# ---------------------------------------------------------------------------------------
+# per-task losses, (k,)
+# ---------------------------------------------------------------------------------------
+def critic_losses(critic: Critic, obs: Tensor, act: Tensor, target: Tensor, record: list | None = None) -> Tensor:
+    """Per task: the sum over the twin Qs of the MSE to the (precomputed) soft Bellman
+    target, ``mean (Q1 - y)^2 + mean (Q2 - y)^2`` over the task's samples."""
+    q = critic.q_values(obs, act, record)            # (k, 2, b)
+    return (q - target[:, None]).pow(2).mean(-1).sum(-1)
+
+
+def actor_losses(actor: Actor, critic: Critic, obs: Tensor, noise: Tensor, alpha: Tensor,
+                 record: list | None = None) -> tuple[Tensor, Tensor]:
+    """Per task: ``mean(alpha_i log pi(a|s) - min(Q1, Q2)(s, a))`` with ``a`` reparameterised
+    from ``noise``, and ``log pi (k, b)``; the critic's parameters enter detached, so only
+    the actor receives gradients."""
+    a, logp = actor.sample(obs, noise, record)
+    q = critic.q_values(obs, a, detached=True)
+    return (alpha[:, None] * logp - q.amin(dim=1)).mean(-1), logp
+
+
+def temperature_losses(temperature: "Temperature", entropy_gap: Tensor) -> Tensor:
+    """Per task: ``-mean(log_alpha_i * (log pi + target_entropy))`` with the gap detached;
+    ``log_alpha_i`` is the shared one or the task's own."""
+    log_alpha = temperature.log_alpha.expand(temperature.num_tasks)
+    return -(log_alpha[:, None] * entropy_gap).mean(-1)
 
 
 # ---------------------------------------------------------------------------------------
-# per-task losses (one task; vmapped over the task axis by aggregated_backward)
+# the backward a component is handed
 # ---------------------------------------------------------------------------------------
-def critic_loss(shared: dict, task: dict, obs: Tensor, act: Tensor, target: Tensor) -> Tensor:
-    """Sum over the twin Qs of the MSE to the (precomputed) soft Bellman target, mean over
-    the task's samples: ``mean (Q1 - y)^2 + mean (Q2 - y)^2``."""
-    q = critic_forward(shared, task, obs, act)  # (2, b)
-    return (q - target).pow(2).mean(-1).sum()
+class Backward(Protocol):
+    """What a component's backward does: fill ``.grad`` of ``shared`` and ``task`` from the
+    losses (k,), given the shared linear layers of the forward (``records``).  The result
+    has ``losses``, ``weights`` (or None), ``gram`` (or None) and ``finite`` (False: nothing
+    was written, the update is skipped).  ``step(recompute)`` runs after the component's
+    optimiser step (the backward's own parameters and state; ``recompute()`` gives the
+    losses of the updated parameters where it needs them).  ``state_dict`` /
+    ``load_state_dict`` / ``to`` as for a module."""
+
+    def __call__(self, losses: Tensor, shared: list[Tensor], task: list[Tensor], records: list): ...
+
+    def step(self, recompute: Callable[[], Tensor]) -> None: ...
+
+    def zero_grad(self) -> None: ...
 
 
-def actor_loss(critic_shared: dict, shared: dict, task: dict, obs: Tensor, noise: Tensor, alpha: Tensor,
-               critic_task: dict) -> Tensor:
-    """``mean(alpha_i log pi(a|s) - min(Q1, Q2)(s, a))`` with ``a`` reparameterised from
-    ``noise``; the critic's parameters come in detached (``critic_shared`` bound with
-    ``functools.partial``, ``critic_task`` as a per-task batch input) so only the actor
-    receives gradients."""
-    a, logp = actor_sample(shared, task, obs, noise)
-    q = critic_forward(critic_shared, critic_task, obs, a)
-    return (alpha * logp - torch.minimum(q[0], q[1])).mean()
+@dataclass
+class PlainUpdate:
+    losses: Tensor
+    weights: Tensor | None = None
+    gram: Tensor | None = None
+    finite: bool = True
 
 
-def temperature_loss(shared: dict, task: dict, entropy_gap: Tensor) -> Tensor:
-    """``-mean(log_alpha * (log pi + target_entropy))`` with the gap detached; the log-alpha
-    is the shared one (``shared["log_alpha"]``) or the task's own (``task["log_alpha"]``)."""
-    log_alpha = shared["log_alpha"] if "log_alpha" in shared else task["log_alpha"]
-    return -(log_alpha * entropy_gap).mean()
+class SumBackward:
+    """The plain backward of ``sum_i l_i`` (MTL-SAC without aggregation); a non-finite
+    loss or gradient skips the update."""
 
+    def __call__(self, losses: Tensor, shared: list[Tensor], task: list[Tensor], records: list) -> PlainUpdate:
+        params = [*shared, *task]
+        grads = torch.autograd.grad(losses.sum(), params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        norms = torch.stack([losses.detach().sum(), *torch._foreach_norm(grads)])
+        if not bool(torch.isfinite(norms).all()):
+            return PlainUpdate(losses.detach(), finite=False)
+        for p, g in zip(params, grads):
+            p.grad = g
+        return PlainUpdate(losses.detach())
 
-# ---------------------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------------------
-def make_aggregators(method: str, num_tasks: int, components: tuple[str, ...] = COMPONENTS,
-                     fallback: str = "ls", **hparams) -> dict[str, Aggregator]:
-    """One aggregator per component: ``method`` (with ``hparams``) for ``components`` and
-    ``fallback`` for the others.  FAMO as in its reference on MT10:
-    ``make_aggregators("famo", 10, components=("critic",), gamma=0.01)`` (its log of the
-    losses needs positive losses, which only the critic's are)."""
-    unknown = set(components) - set(COMPONENTS)
-    if unknown:
-        raise ValueError(f"unknown component(s) {sorted(unknown)}; valid: {', '.join(COMPONENTS)}")
-    return {c: aggregator_registry.make(method, num_tasks, **hparams) if c in components
-            else aggregator_registry.make(fallback, num_tasks) for c in COMPONENTS}
+    def step(self, recompute: Callable[[], Tensor]) -> None:
+        pass
+
+    def zero_grad(self) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def to(self, device) -> "SumBackward":
+        return self
 
 
 def _batch_get(batch, key: str) -> Tensor:
@@ -147,10 +178,9 @@ class MultiTaskSAC:
         discount, tau, init_temperature, target_entropy (default ``-act_dim``).
         grad_clip: clip each component's gradient (shared + task params) to this norm
             after aggregation (None: no clipping, as the 2020-21 references).
-        aggregators: one aggregator per component ``{"critic", "actor", "alpha"}`` (distinct
-            objects), a callable ``component -> Aggregator``, a registry name used for every
-            component, or None (``ls`` everywhere).
-        aggregator_lr: Adam learning rate of the aggregators' learnable parameters.
+        backward: one :class:`Backward` per component ``{"critic", "actor", "alpha"}``
+            (distinct objects: they keep per-component state), or None: the plain
+            backward of the summed losses everywhere (:class:`SumBackward`).
         device: where parameters live.
     """
 
@@ -162,7 +192,7 @@ class MultiTaskSAC:
                  betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
                  discount: float = 0.99, tau: float = 0.005, init_temperature: float = 1.0,
                  target_entropy: float | None = None, grad_clip: float | None = None,
-                 aggregators: AggregatorSpec = None, aggregator_lr: float = AGGREGATOR_LR,
+                 backward: Mapping[str, Backward] | None = None,
                  device: str | torch.device = "cpu"):
         if kind not in KINDS:
             raise ValueError(f"unknown agent kind {kind!r}; valid: {', '.join(KINDS)}")
@@ -183,8 +213,7 @@ class MultiTaskSAC:
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.temperature = Temperature(num_tasks, shared_alpha, init_temperature).to(self.device)
 
-        self.aggregators = nn.ModuleDict(self._build_aggregators(aggregators)).to(self.device)
-        self._after_step = {c: needs_after_step(a) for c, a in self.aggregators.items()}
+        self.backward = self._check_backward(backward)
 
         opt = dict(betas=tuple(betas), eps=adam_eps)
         self.optimizers = {
@@ -192,37 +221,21 @@ class MultiTaskSAC:
             "actor": torch.optim.Adam(self.actor.parameters(), lr=actor_lr or lr, **opt),
             "alpha": torch.optim.Adam(self.temperature.parameters(), lr=alpha_lr or lr, **opt),
         }
-        self.aggregator_optimizers = {}
-        for c, agg in self.aggregators.items():
-            params = [p for p in agg.parameters() if p.requires_grad]
-            if params:
-                self.aggregator_optimizers[c] = torch.optim.Adam(params, lr=aggregator_lr)
 
     # -- construction helpers -------------------------------------------------------------
-    def _build_aggregators(self, spec: AggregatorSpec) -> dict[str, Aggregator]:
-        k = self.num_tasks
+    @staticmethod
+    def _check_backward(spec: Mapping[str, Backward] | None) -> dict[str, Backward]:
         if spec is None:
-            spec = "ls"
-        if isinstance(spec, str):
-            aggs = {c: aggregator_registry.make(spec, k) for c in COMPONENTS}
-        elif isinstance(spec, Mapping):
-            missing, extra = set(COMPONENTS) - set(spec), set(spec) - set(COMPONENTS)
-            if missing or extra:
-                raise ValueError(f"aggregators must name exactly the components {COMPONENTS}; "
-                                 f"missing {sorted(missing)}, unknown {sorted(extra)}")
-            aggs = {c: spec[c] for c in COMPONENTS}
-        elif callable(spec):
-            aggs = {c: spec(c) for c in COMPONENTS}
-        else:
-            raise TypeError(f"aggregators must be None, a name, a mapping or a callable, got {type(spec).__name__}")
-        for c, a in aggs.items():
-            if not isinstance(a, Aggregator):
-                raise TypeError(f"aggregator for {c!r} is a {type(a).__name__}, not an Aggregator")
-            if a.num_tasks != k:
-                raise ValueError(f"aggregator for {c!r} was built for {a.num_tasks} tasks, the agent has {k}")
-        if len({id(a) for a in aggs.values()}) < len(aggs):
-            raise ValueError("each component needs its own aggregator object (they keep per-component state)")
-        return aggs
+            return {c: SumBackward() for c in COMPONENTS}
+        if not isinstance(spec, Mapping):
+            raise TypeError(f"backward must be a mapping component -> Backward or None, got {type(spec).__name__}")
+        missing, extra = set(COMPONENTS) - set(spec), set(spec) - set(COMPONENTS)
+        if missing or extra:
+            raise ValueError(f"backward must name exactly the components {COMPONENTS}; "
+                             f"missing {sorted(missing)}, unknown {sorted(extra)}")
+        if len({id(b) for b in spec.values()}) < len(spec):
+            raise ValueError("each component needs its own backward object (they keep per-component state)")
+        return {c: spec[c] for c in COMPONENTS}
 
     # -- acting ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -262,46 +275,47 @@ class MultiTaskSAC:
     @torch.no_grad()
     def prepare(self, obs: Tensor, reward: Tensor, next_obs: Tensor, done: Tensor
                 ) -> tuple[Tensor, Tensor, Tensor]:
-        """The update's fixed inputs, from one actor pass over ``[next_obs, obs]``:
-        ``(target (k, b), noise (k, b, act_dim), logp (k, b))``: the soft Bellman target
-        ``r + gamma (1 - done) (min Q_targ(s', a') - alpha_i log pi(a'|s'))``, the noise the
-        actor loss reparameterises with, and log pi at ``obs`` for that noise (the actor does
-        not change before its own step, so this is the log-prob the actor loss sees; the
-        temperature loss uses it, as the references use the actor step's log-prob)."""
+        """The update's fixed inputs: ``(target (k, b), noise (k, b, act_dim))``, the soft
+        Bellman target ``r + gamma (1 - done) (min Q_targ(s', a') - alpha_i log pi(a'|s'))``
+        and the noise the actor loss reparameterises with (one draw for both)."""
         k, b = reward.shape
         noise = torch.randn(k, 2 * b, self.act_dim, device=self.device)
-        a, logp = self.actor.sample(torch.cat([next_obs, obs], dim=1), noise)
-        q_next = self.critic_target.q_values(next_obs, a[:, :b]).amin(dim=1)
-        soft_v = q_next - self.alpha()[:, None] * logp[:, :b]
+        a, logp = self.actor.sample(next_obs, noise[:, :b])
+        q_next = self.critic_target.q_values(next_obs, a).amin(dim=1)
+        soft_v = q_next - self.alpha()[:, None] * logp
         target = reward + self.discount * (1.0 - done) * soft_v
-        return target, noise[:, b:], logp[:, b:]
+        return target, noise[:, b:]
 
     def update(self, batch) -> dict[str, Tensor | int]:
         """One SAC update: critic, actor, temperature, then the Polyak target update.
 
         Returns (tensors are detached, on the agent's device; convert at log time):
         ``{c}_loss`` (k,) per-task losses and ``skipped_{c}`` (int 0/1) for each component
-        c in critic / actor / alpha, ``{c}_weights`` (k,) where the aggregator has weights,
-        ``gram_{c}`` (k, k) float64 Gram matrix of the per-task shared gradients (gradient
-        methods only: it comes free with them; diagnostics, not a scalar to log),
-        ``alpha`` (k,) after the step, ``entropy`` (k,) = -mean log pi, ``target_q`` (k,)
-        mean soft Bellman target.  A component whose losses or gradients are not finite is
-        skipped (no step, grads cleared); a skipped critic also skips the target update.
+        c in critic / actor / alpha, ``{c}_weights`` (k,) where the backward reports weights,
+        ``gram_{c}`` (k, k) float64 Gram matrix of the per-task shared gradients where the
+        backward computed it (diagnostics, not a scalar to log), ``alpha`` (k,) after the
+        step, ``entropy`` (k,) = -mean log pi, ``target_q`` (k,) mean soft Bellman target.
+        A component whose losses or gradients are not finite is skipped (no step, grads
+        cleared); a skipped critic also skips the target update.
         """
         obs, act, rew, next_obs, done = self._unpack(batch)
-        target, noise, logp = self.prepare(obs, rew, next_obs, done)
+        target, noise = self.prepare(obs, rew, next_obs, done)
         logs: dict[str, Tensor | int] = {}
+        seen: dict[str, Tensor] = {}
 
-        self._component_update("critic", critic_loss, self.critic, (obs, act, target), logs)
+        def actor_fn(record):
+            losses, logp = actor_losses(self.actor, self.critic, obs, noise, alpha, record)
+            seen.setdefault("logp", logp.detach())   # the actor step's log pi, for the temperature
+            return losses
 
-        critic_task = {n: p.detach() for n, p in self.critic.task_params().items()}
-        critic_shared = {n: p.detach() for n, p in self.critic.shared_params().items()}
+        self._component_update("critic", lambda rec: critic_losses(self.critic, obs, act, target, rec),
+                               self.critic.shared_params(), self.critic.task_params(), logs)
         alpha = self.alpha().detach()
-        self._component_update("actor", partial(actor_loss, critic_shared), self.actor,
-                               (obs, noise, alpha, critic_task), logs)
-
-        gap = (logp + self.target_entropy).detach()
-        self._component_update("alpha", temperature_loss, self.temperature, (gap,), logs)
+        self._component_update("actor", actor_fn, self.actor.shared_params(), self.actor.task_params(), logs)
+        logp = seen["logp"]
+        gap = logp + self.target_entropy
+        self._component_update("alpha", lambda rec: temperature_losses(self.temperature, gap),
+                               self.temperature.shared_params(), self.temperature.task_params(), logs)
 
         if not logs["skipped_critic"]:
             self._soft_update_target()
@@ -311,20 +325,20 @@ class MultiTaskSAC:
         logs["target_q"] = target.mean(-1)
         return logs
 
-    def _component_update(self, name: str, loss_fn, module, batch: tuple, logs: dict) -> None:
-        shared, task = module.shared_params(), module.task_params()
+    def _component_update(self, name: str, losses_fn: Callable[[list | None], Tensor], shared: dict,
+                          task: dict, logs: dict) -> None:
         params = [*shared.values(), *task.values()]
-        agg = self.aggregators[name]
-        agg_opt = self.aggregator_optimizers.get(name)
-        agg_params = [p for g in agg_opt.param_groups for p in g["params"]] if agg_opt else []
-        for p in params + agg_params:
+        backward = self.backward[name]
+        for p in params:
             p.grad = None
-
-        info = self._backward(loss_fn, shared, task, batch, agg)
+        backward.zero_grad()
+        records: list = []
+        info = backward(losses_fn(records), list(shared.values()), list(task.values()), records)
         logs[f"{name}_loss"] = info.losses
         if not info.finite:
-            for p in params + agg_params:
+            for p in params:
                 p.grad = None
+            backward.zero_grad()
             logs[f"skipped_{name}"] = 1
             return
         logs[f"skipped_{name}"] = 0
@@ -335,26 +349,12 @@ class MultiTaskSAC:
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.optimizers[name].step()
-        if agg_opt is not None:
-            agg_opt.step()
-        if self._after_step[name]:
-            with torch.no_grad():
-                new_losses = per_task_losses(loss_fn, shared, task, *batch)
-            agg.after_step(new_losses)
 
-    @staticmethod
-    def _backward(loss_fn, shared: dict, task: dict, batch: tuple, agg: Aggregator) -> UpdateInfo:
-        """``aggregated_backward``, except for a component without shared parameters (per-task
-        temperatures; ``mh_sac`` with ``layers=0``) under a gradient method: nothing to
-        aggregate, every task parameter gets its own task's gradient (one backward of the
-        summed losses)."""
-        if shared or not agg.requires_grads:
-            return aggregated_backward(loss_fn, shared, task, batch, agg)
-        losses = per_task_losses(loss_fn, shared, task, *batch)
-        if not bool(torch.isfinite(losses).all()):
-            return UpdateInfo(losses.detach(), None, finite=False)
-        losses.sum().backward()
-        return UpdateInfo(losses.detach(), None)
+        def recompute() -> Tensor:
+            with torch.no_grad():
+                return losses_fn(None)
+
+        backward.step(recompute)
 
     @torch.no_grad()
     def _soft_update_target(self) -> None:
@@ -365,7 +365,7 @@ class MultiTaskSAC:
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything needed to resume: networks, target critic, temperature, optimisers, the
-        aggregators' state and their optimisers, and the architecture config."""
+        backwards' state, and the architecture config."""
         return {
             "config": dict(self.config),
             "actor": self.actor.state_dict(),
@@ -373,8 +373,7 @@ class MultiTaskSAC:
             "critic_target": self.critic_target.state_dict(),
             "temperature": self.temperature.state_dict(),
             "optimizers": {c: o.state_dict() for c, o in self.optimizers.items()},
-            "aggregators": {c: a.state_dict() for c, a in self.aggregators.items()},
-            "aggregator_optimizers": {c: o.state_dict() for c, o in self.aggregator_optimizers.items()},
+            "backward": {c: b.state_dict() for c, b in self.backward.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -388,20 +387,16 @@ class MultiTaskSAC:
         self.temperature.load_state_dict(state["temperature"])
         for c, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][c])
-        for c, a in self.aggregators.items():
-            a.load_state_dict(state["aggregators"][c])
-        if set(state["aggregator_optimizers"]) != set(self.aggregator_optimizers):
-            raise ValueError("checkpoint's aggregators have different learnable parameters than this agent's")
-        for c, o in self.aggregator_optimizers.items():
-            o.load_state_dict(state["aggregator_optimizers"][c])
+        for c, b in self.backward.items():
+            b.load_state_dict(state["backward"][c])
 
     def to(self, device: str | torch.device) -> "MultiTaskSAC":
         """Move parameters, buffers and optimiser moments (parameter objects are kept, so the
         optimisers stay valid; Adam's step counters stay where Adam wants them)."""
         self.device = torch.device(device)
-        for m in (self.actor, self.critic, self.critic_target, self.temperature, self.aggregators):
+        for m in (self.actor, self.critic, self.critic_target, self.temperature, *self.backward.values()):
             m.to(self.device)
-        for o in [*self.optimizers.values(), *self.aggregator_optimizers.values()]:
+        for o in self.optimizers.values():
             for st in o.state.values():
                 for key, v in st.items():
                     if torch.is_tensor(v) and key != "step":
@@ -410,4 +405,4 @@ class MultiTaskSAC:
 
     def modules(self) -> dict[str, nn.Module]:
         return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
-                "temperature": self.temperature, "aggregators": self.aggregators}
+                "temperature": self.temperature}

@@ -16,14 +16,14 @@ import importlib
 import pkgutil
 
 from . import diagnostics
-from .autograd_backward import BackwardResult, backward
+from .engine import BackwardResult, backward, task_gradients
 from .base import Aggregator, GramWeighting, LossWeighting, gram_matrix, needs_after_step
 from .performance import PerformanceInformed, performance_weights
 from .registry import available, hyperparameters, make, register
 from .presets import preset
 
 # Import every method module so that its @register calls run.
-_INFRASTRUCTURE = {"base", "registry", "solvers", "diagnostics", "performance", "presets", "autograd_backward"}
+_INFRASTRUCTURE = {"base", "registry", "solvers", "diagnostics", "performance", "presets", "engine"}
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name not in _INFRASTRUCTURE and not _mod.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_mod.name}")
@@ -36,6 +36,7 @@ __all__ = [
     "PerformanceInformed",
     "available",
     "backward",
+    "task_gradients",
     "diagnostics",
     "gram_matrix",
     "hyperparameters",

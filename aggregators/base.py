@@ -71,6 +71,18 @@ class Aggregator(nn.Module):
     needs_losses: ClassVar[bool] = False
     #: True for methods that need second-order gradients through ``grads`` (CosReg)
     needs_graph: ClassVar[bool] = False
+    #: capabilities a training loop reads instead of method names:
+    #: the method takes logs of the losses, so every loss must be positive (FAMO, SI)
+    needs_positive_losses: ClassVar[bool] = False
+    #: the method's weights are all ones (LS), so ``"own"`` and ``"weighted"`` task
+    #: gradients coincide
+    unit_weights: ClassVar[bool] = False
+    #: the method has a lower level on the task heads (ConsMTL): ``extra_losses`` and
+    #: ``clip_extra_grad``, run by :func:`aggregators.backward` when given ``heads``
+    has_lower_level: ClassVar[bool] = False
+    #: the method takes a performance signal (``update_performance(delta_m)``; ``omega``
+    #: and ``temperature`` are its state)
+    uses_performance: ClassVar[bool] = False
     #: plain Python attributes (step counters, flags: no device sync to read them) that
     #: the state dict carries as extra state
     state_attributes: ClassVar[tuple[str, ...]] = ()

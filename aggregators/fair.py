@@ -154,6 +154,7 @@ class ConsMTL(AlphaFair):
     lam per benchmark: NYU-v2 1, Cityscapes 50, CelebA 50, QM9 1e-3.
     """
 
+    has_lower_level = True
     exponent = 2.0
 
     def __init__(self, num_tasks: int, lam: float = 1.0, clip_ratio: float = 0.1):

@@ -47,6 +47,8 @@ class FAMO(LossWeighting):
 
     state_attributes = ("has_prev",)
 
+    needs_positive_losses = True
+
     def __init__(
         self,
         num_tasks: int,

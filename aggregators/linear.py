@@ -28,6 +28,7 @@ class LinearScalarization(LossWeighting):
                 raise ValueError(f"ls: loss_weights needs one weight per task ({num_tasks}), got {len(lam)}")
             if not (torch.isfinite(lam).all() and (lam >= 0).all()):
                 raise ValueError(f"ls: loss_weights must be finite and >= 0, got {lam.tolist()}")
+        self.unit_weights = bool((lam == 1).all())
         self.register_buffer("loss_weights", lam, persistent=False)   # from the config, not the run
 
     def combine(self, losses: Tensor) -> Tensor:

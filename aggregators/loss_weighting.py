@@ -40,6 +40,8 @@ class ScaleInvariant(LossWeighting):
     (``ValueError`` otherwise, when ``check_inputs`` is on).
     """
 
+    needs_positive_losses = True
+
     def __init__(self, num_tasks: int, eps: float = 1e-8):
         super().__init__(num_tasks)
         if not eps > 0:

@@ -44,6 +44,8 @@ class PerformanceMixin:
     """State and API of performance-informed methods: ``update_performance(delta_m)``,
     ``omega``, ``temperature``.  ``delta_m`` starts at 0 (Alg. 1, line 1), so omega = 1."""
 
+    uses_performance = True
+
     def _init_performance(self, num_tasks: int, bound: float, min_temperature: float) -> None:
         performance_weights(torch.zeros(num_tasks), bound, min_temperature)  # validates
         self.bound = float(bound)
@@ -89,6 +91,7 @@ class PerformanceInformed(PerformanceMixin, Aggregator):
         self.requires_grads = base.requires_grads
         self.needs_losses = base.needs_losses
         self.needs_graph = base.needs_graph
+        self.needs_positive_losses = base.needs_positive_losses
         self._init_performance(base.num_tasks, bound, min_temperature)
 
     @staticmethod

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import aggregators
+from aggregators.engine import PATHS, TASK_GRADS
 
 from .configuration import ConfigError, aggregator_config
 from .run_identity import META_KEY
@@ -107,6 +108,8 @@ RL_RULES = {
     "agent.target_entropy": Number(optional=True),
     "agent.grad_clip": Number(0, optional=True),
     "performance.source": Choice(("eval", "train_window")),
+    "train.per_task_grads": Choice(PATHS),
+    "train.task_grads": Choice(TASK_GRADS),
     "performance.window": Int(1),
 }
 
@@ -122,7 +125,8 @@ SUPERVISED_RULES = {
     "train.weight_decay": Number(0, closed_low=True),
     "train.log_every": Int(1),
     "train.diagnostics_every": Int(0),
-    "train.per_task_grads": Choice(("batched", "loop")),
+    "train.per_task_grads": Choice(("auto", "batched", "loop")),
+    "train.task_grads": Choice(TASK_GRADS),
     "train.scheduler.name": Choice(("step", "plateau", "poly", "none")),
 }
 

@@ -86,7 +86,7 @@ def run(method: str, init: tuple[float, float], steps: int = 2000, lr: float = 0
     x = torch.tensor(init, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([x, *agg.parameters()], lr=lr)
     traj = Trajectory(method, init)
-    ref = task_minima(scale) if hasattr(agg, "update_performance") else None
+    ref = task_minima(scale) if agg.uses_performance else None
     start_gap = None
     for step in range(steps + 1):
         opt.zero_grad()

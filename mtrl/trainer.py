@@ -27,6 +27,7 @@ from agents import MultiTaskSAC
 from aggregators import diagnostics
 
 from . import config_checks
+from .aggregation import ComponentBackward
 from .checkpoint import CheckpointError, load, save_atomic
 from .configuration import ConfigError, build_aggregator, resolve_device
 from .run_identity import RL_KEYS, check_continuation
@@ -34,10 +35,8 @@ from .evaluation import evaluate, success_drops
 from .metrics_log import RunLogger
 from .replay import ReplayBuffer
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 COMPONENTS = ("critic", "actor", "alpha")
-#: loss-only methods that take logs of the losses (need positive losses)
-LOG_LOSS_METHODS = ("famo", "si")
 
 
 class NonFiniteError(RuntimeError):
@@ -73,21 +72,29 @@ def build_env(env_cfg: dict, seed: int, protocol: str | None = None):
 
 def build_agent(cfg: dict, env, device: torch.device) -> MultiTaskSAC:
     """The run's agent for ``env``, with the configured aggregator on the components listed
-    in ``aggregate`` and LS on the others (also used to load a saved run for evaluation)."""
+    in ``aggregate`` and LS on the others (also used to load a saved run for evaluation).
+    The agent is handed one :class:`~mtrl.aggregation.ComponentBackward` per component."""
     components = list(cfg.get("aggregate", COMPONENTS))
     unknown = sorted(set(components) - set(COMPONENTS))
     if unknown:
         raise ConfigError(f"aggregate lists unknown component(s) {unknown}; valid: {', '.join(COMPONENTS)}")
-    name = cfg["aggregator"]["name"]
-    if name in LOG_LOSS_METHODS and "actor" in components:
-        raise ConfigError(f"{name} takes the log of the losses and the SAC actor loss is negative: "
-                          f"use aggregate=[critic] (FAMO's MT10 setting) or aggregate=[critic,alpha]")
     k = env.num_tasks
     aggs = {c: build_aggregator(cfg["aggregator"] if c in components else {"name": "ls"}, k) for c in COMPONENTS}
+    name = cfg["aggregator"]["name"]
+    if any(aggs[c].has_lower_level for c in components):
+        raise ConfigError(f"{name}'s lower level needs the task heads' gradients through the representation "
+                          "with a second-order term, which for the SAC actor runs through the critic; it is "
+                          "not supported on MT10: use pivrg (ConsMTL's upper level is PIVRG with omega = 1)")
+    if "actor" in components and aggs["actor"].needs_positive_losses:
+        raise ConfigError(f"{name} takes the log of the losses and the SAC actor loss is negative: "
+                          f"use aggregate=[critic] (FAMO's MT10 setting) or aggregate=[critic,alpha]")
+    t = cfg.get("train", {})
+    backward = {c: ComponentBackward(aggs[c], t.get("task_grads", "own"), t.get("per_task_grads", "auto"))
+                for c in COMPONENTS}
     a = dict(cfg["agent"])
     kind = a.pop("kind")
     try:
-        return MultiTaskSAC(env.obs_dim, env.act_dim, k, kind=kind, aggregators=aggs, device=device, **a)
+        return MultiTaskSAC(env.obs_dim, env.act_dim, k, kind=kind, backward=backward, device=device, **a)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"agent config: {str(exc).splitlines()[0]}") from None
 
@@ -133,6 +140,8 @@ class Trainer:
         self.fed_success: list[float] | None = None
 
         self.agent = build_agent(cfg, self.env, self.device)
+        #: the aggregator of each component (the agent holds them inside its backwards)
+        self.aggregators = {c: b.aggregator for c, b in self.agent.backward.items()}
         self.buffer = ReplayBuffer(k, self.env.obs_dim, self.env.act_dim, int(t["buffer_size"]), self.device)
         self.sample_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         self.action_gen = torch.Generator().manual_seed(self.seed + 2)
@@ -286,8 +295,8 @@ class Trainer:
             return
         self.fed_success = success
         dm = torch.as_tensor(success_drops(np.asarray(success), self.reference_success))
-        for agg in self.agent.aggregators.values():
-            if hasattr(agg, "update_performance"):
+        for agg in self.aggregators.values():
+            if agg.uses_performance:
                 agg.update_performance(dm)
 
     def _end_training_episode(self, hit: np.ndarray) -> None:
@@ -316,8 +325,8 @@ class Trainer:
         if self.fed_success is not None:
             record["delta_m"] = success_drops(np.asarray(self.fed_success), self.reference_success).tolist()
         for c in COMPONENTS:
-            agg = self.agent.aggregators[c]
-            if hasattr(agg, "update_performance"):
+            agg = self.aggregators[c]
+            if agg.uses_performance:
                 record.setdefault("omega", agg.omega.tolist())
                 record.setdefault("temperature", agg.temperature)
             if agg.weights is not None:

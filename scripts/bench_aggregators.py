@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             agg = aggregators.make(name, k)
             agg.check_inputs = False  # the finite check synchronises on a GPU
-            if hasattr(agg, "update_performance"):
+            if agg.uses_performance:
                 agg.update_performance(torch.linspace(0, 30, k))
             solve = (
                 _timeit(lambda m: agg.gram_weights(m, losses), args.repeats, sync, grams)

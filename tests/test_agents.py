@@ -1,5 +1,6 @@
-"""Multi-task SAC: stacked networks, head isolation, the update under every aggregator
-family, checkpoints, and skipping non-finite updates (small sizes, CPU)."""
+"""Multi-task SAC: task-split networks, head isolation, the update under every aggregator
+family (handed in as the components' backwards), checkpoints, and skipping non-finite
+updates (small sizes, CPU)."""
 
 import copy
 import io
@@ -9,18 +10,28 @@ import pytest
 import torch
 
 import aggregators
-from agents import (KINDS, MultiTaskSAC, actor_loss, critic_loss, make_aggregators, needs_after_step)
+from aggregators import needs_after_step
+from agents import KINDS, MultiTaskSAC, actor_losses, critic_losses
 from agents import sac as sac_module
 from agents.networks import LOG_STD_MAX, LOG_STD_MIN, squashed_gaussian
+from mtrl.aggregation import component_backwards
 
 K, B, OBS, ACT, H = 3, 6, 5, 2, 16
 
 
-def make_agent(kind="mh_sac", seed=0, **kw):
+def make_agent(kind="mh_sac", seed=0, aggregators=None, **kw):
+    """``aggregators``: a registry name, a callable component -> Aggregator, or a ready
+    dict of backwards; None: the agent's plain summed backward."""
     torch.manual_seed(seed)
     kw.setdefault("hidden", H)
     kw.setdefault("layers", 2)
-    return MultiTaskSAC(OBS, ACT, K, kind, **kw)
+    if aggregators is not None and not isinstance(aggregators, dict):
+        aggregators = component_backwards(aggregators, K)
+    return MultiTaskSAC(OBS, ACT, K, kind, backward=aggregators, **kw)
+
+
+def aggregator(agent, component):
+    return agent.backward[component].aggregator
 
 
 def make_batch(seed=0, k=K, b=B):
@@ -36,7 +47,7 @@ def make_batch(seed=0, k=K, b=B):
 
 def all_params(agent):
     out = {}
-    for mname, m in agent.modules().items():
+    for mname, m in {**agent.modules(), **{f"backward.{c}": b for c, b in agent.backward.items()}}.items():
         for n, p in m.named_parameters():
             out[f"{mname}.{n}"] = p.detach().clone()
         for n, p in m.named_buffers():
@@ -111,48 +122,59 @@ def test_log_std_is_squashed_into_range():
 @pytest.mark.parametrize("method", ["pivrg", "ls"])
 @pytest.mark.parametrize("kind", ["mh_sac", "mtl_sac_te"])
 def test_each_head_gets_only_its_own_task_gradient(kind, method):
-    agent = make_agent(kind, aggregators={"critic": aggregators.make(method, K),
-                                          "actor": aggregators.make(method, K),
-                                          "alpha": aggregators.make("pivrg", K)})
+    agent = make_agent(kind, aggregators=lambda c: aggregators.make(method if c != "alpha" else "pivrg", K))
     ref = copy.deepcopy(agent)          # parameters before the update
     batch = make_batch(1)
     torch.manual_seed(7)
     agent.update(batch)
     torch.manual_seed(7)                # same noise as the update drew
     obs, act, rew, next_obs, done = ref._unpack(batch)
-    target, noise, logp = ref.prepare(obs, rew, next_obs, done)
+    target, noise = ref.prepare(obs, rew, next_obs, done)
 
-    crit_task = ref.critic.task_params()
-    for i in range(K):
-        li = critic_loss(ref.critic.shared_params(), rows(crit_task, i), obs[i], act[i], target[i])
-        grads = torch.autograd.grad(li, list(crit_task.values()))
-        for (name, _), g in zip(crit_task.items(), grads):
-            assert (g[[j for j in range(K) if j != i]] == 0).all()            # reaches head i only
-            assert torch.allclose(agent.critic.task[name].grad[i], g[i], rtol=1e-4, atol=1e-6)
+    def check(losses, task_params, updated):
+        for i in range(K):
+            grads = torch.autograd.grad(losses[i], list(task_params.values()), retain_graph=True)
+            for (name, _), g in zip(task_params.items(), grads):
+                assert (g[[j for j in range(K) if j != i]] == 0).all()        # reaches head i only
+                assert torch.allclose(updated[name].grad[i], g[i], rtol=1e-4, atol=1e-6)
 
+    check(critic_losses(ref.critic, obs, act, target), ref.critic.task_params(), agent.critic.task)
     # the actor loss saw the updated critic (critic step first), frozen
-    c_shared = {n: p.detach() for n, p in agent.critic.shared_params().items()}
-    c_task = {n: p.detach() for n, p in agent.critic.task_params().items()}
-    act_task = ref.actor.task_params()
-    alpha = ref.alpha().detach()
-    for i in range(K):
-        li = actor_loss(c_shared, ref.actor.shared_params(), rows(act_task, i), obs[i], noise[i], alpha[i],
-                        rows(c_task, i))
-        grads = torch.autograd.grad(li, list(act_task.values()))
-        for (name, _), g in zip(act_task.items(), grads):
-            assert (g[[j for j in range(K) if j != i]] == 0).all()
-            assert torch.allclose(agent.actor.task[name].grad[i], g[i], rtol=1e-4, atol=1e-6)
+    ref.critic.load_state_dict(agent.critic.state_dict())
+    losses, logp = actor_losses(ref.actor, ref.critic, obs, noise, ref.alpha().detach())
+    check(losses, ref.actor.task_params(), agent.actor.task)
     assert all(p.grad is None for p in agent.critic_target.parameters())
 
     # per-task temperatures: no shared parameter, each log-alpha gets its own task's gradient
-    gap = logp + agent.target_entropy
+    gap = logp.detach() + agent.target_entropy
     assert torch.allclose(agent.temperature.log_alpha.grad, -gap.mean(-1), atol=1e-6)
+
+
+def test_per_task_losses_equal_one_network_per_task():
+    """The flat forward (one matmul per shared layer, a batched matmul over the task
+    blocks for the heads) equals running task i's network on its own samples alone."""
+    agent = make_agent("mh_sac", layers=2, head_layers=2)
+    obs, act, rew, _, _ = agent._unpack(make_batch(3))
+    q = agent.critic.q_values(obs, act)                                   # (k, 2, b)
+    sh, tk = agent.critic.shared_params(), agent.critic.task_params()
+    for i in range(K):
+        x = torch.cat([obs[i], act[i]], -1)
+        for e in range(2):
+            h = x
+            for j in range(2):
+                h = torch.relu(h @ sh[f"trunk{j}_w"][e].T + sh[f"trunk{j}_b"][e])
+            h = torch.relu(h @ tk["head0_w"][i, e].T + tk["head0_b"][i, e])
+            out = h @ tk["head1_w"][i, e].T + tk["head1_b"][i, e]
+            assert torch.allclose(q[i, e], out.squeeze(-1), atol=1e-5)
+    records = []
+    critic_losses(agent.critic, obs, act, rew, records)
+    assert [r[2] for r in records] == [sh["trunk0_w"], sh["trunk1_w"]]   # every shared layer, once
 
 
 # -- the update under each aggregator family ------------------------------------------------------
 def _aggs(method):
     if method == "famo":   # log of the losses: critic only (positive losses), as the reference
-        return make_aggregators("famo", K, components=("critic",), gamma=0.01)
+        return component_backwards("famo", K, components=("critic",), gamma=0.01)
     return method
 
 
@@ -160,8 +182,8 @@ def _aggs(method):
 @pytest.mark.parametrize("method", ["ls", "pivrg", "nash_mtl", "famo", "uw", "cosreg"])
 def test_update_runs_and_moves_every_component(method, shared_alpha, monkeypatch):
     calls = []
-    real = sac_module.per_task_losses
-    monkeypatch.setattr(sac_module, "per_task_losses", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = sac_module.critic_losses
+    monkeypatch.setattr(sac_module, "critic_losses", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     agent = make_agent(aggregators=_aggs(method), shared_alpha=shared_alpha)
     before = all_params(agent)
     logs = agent.update(make_batch())
@@ -174,7 +196,7 @@ def test_update_runs_and_moves_every_component(method, shared_alpha, monkeypatch
     for key in ("alpha", "entropy", "target_q"):
         assert logs[key].shape == (K,) and torch.isfinite(logs[key]).all()
     assert logs["critic_weights"].shape == (K,) and logs["actor_weights"].shape == (K,)
-    assert ("gram_critic" in logs) == agent.aggregators["critic"].requires_grads
+    assert ("gram_critic" in logs) == aggregator(agent, "critic").requires_grads
     if "gram_critic" in logs:
         assert logs["gram_critic"].shape == (K, K)
     for name in ("actor.shared.trunk0_w", "actor.task.head0_w", "critic.shared.trunk0_w", "critic.task.head0_w",
@@ -183,15 +205,13 @@ def test_update_runs_and_moves_every_component(method, shared_alpha, monkeypatch
     if shared_alpha:
         assert torch.allclose(logs["alpha"], logs["alpha"][0].expand(K))
 
-    # FAMO is the only one with after_step: losses recomputed once per update for its component,
-    # nowhere else (besides the per-task temperatures' direct path under a gradient method)
-    direct = not shared_alpha and agent.aggregators["alpha"].requires_grads
-    assert len(calls) == 2 * ((method == "famo") + direct)
+    # FAMO is the only one with after_step: the critic losses are recomputed once more per update
+    assert len(calls) == 2 * (1 + (method == "famo"))
     if method == "famo":
-        assert (agent.aggregators["critic"].logits != 0).any()
+        assert (aggregator(agent, "critic").logits != 0).any()
     if method == "uw":   # learnable aggregator parameters are optimised
         for c in ("critic", "actor", "alpha"):
-            assert (agent.aggregators[c].log_vars != 0).all()
+            assert (aggregator(agent, c).log_vars != 0).all()
 
 
 def test_polyak_target_update():
@@ -204,20 +224,23 @@ def test_polyak_target_update():
         assert torch.allclose(dict(agent.critic_target.named_parameters())[n], want, atol=1e-7)
 
 
-def test_after_step_detection_and_aggregator_validation():
+def test_after_step_detection_and_backward_validation():
     assert needs_after_step(aggregators.make("famo", K))
     assert not needs_after_step(aggregators.make("ls", K))
     assert not needs_after_step(aggregators.make("pi_ls", K))
     assert not needs_after_step(aggregators.make("pivrg", K))
     one = aggregators.make("ls", K)
     with pytest.raises(ValueError, match="own aggregator"):
-        make_agent(aggregators={"critic": one, "actor": one, "alpha": aggregators.make("ls", K)})
+        component_backwards(lambda c: one, K)
     with pytest.raises(ValueError, match="tasks"):
-        make_agent(aggregators=lambda c: aggregators.make("ls", K + 1))
+        component_backwards(lambda c: aggregators.make("ls", K + 1), K)
+    backs = component_backwards("ls", K)
+    with pytest.raises(ValueError, match="own backward"):
+        make_agent(aggregators={c: backs["critic"] for c in ("critic", "actor", "alpha")})
     with pytest.raises(ValueError, match="components"):
-        make_agent(aggregators={"critic": aggregators.make("ls", K)})
-    built = make_agent(aggregators=lambda c: aggregators.make("pivrg" if c == "critic" else "ls", K))
-    assert built.aggregators["critic"].name == "pivrg" and built.aggregators["alpha"].name == "ls"
+        make_agent(aggregators={"critic": backs["critic"]})
+    built = make_agent(aggregators=component_backwards("pivrg", K, components=("critic",)))
+    assert aggregator(built, "critic").name == "pivrg" and aggregator(built, "alpha").name == "ls"
 
 
 def test_stratified_batch_shape_is_checked():

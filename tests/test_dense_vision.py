@@ -25,7 +25,7 @@ from mtrl.supervised.nyuv2 import NYUv2Benchmark
 from mtrl.supervised.registry import benchmark_metrics
 from mtrl.supervised.segnet_mtan import SegNetMTAN
 from mtrl.supervised.tables import load_runs, summarize_runs, table_markdown
-from mtrl.supervised.trainer import SupervisedTrainer, _batched_grad
+from mtrl.supervised.trainer import SupervisedTrainer
 from supervised_runs import printed_dm_matches, run_config, train_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,7 +284,7 @@ def test_segnet_mtan_outputs_and_per_task_features():
 def test_batched_feature_gradients_of_a_tuple_equal_separate_ones():
     z = (torch.randn(2, 3, requires_grad=True), torch.randn(4, requires_grad=True))
     losses = torch.stack([(z[0] ** 2).sum(), z[1].sum() * z[0].sum(), z[1].prod()])
-    got = _batched_grad(losses, z)
+    got = aggregators.task_gradients(losses, z)
     for i, l in enumerate(losses):
         g = torch.autograd.grad(l, z, retain_graph=True, allow_unused=True, materialize_grads=True)
         assert torch.allclose(got[i], torch.cat([t.flatten() for t in g]))

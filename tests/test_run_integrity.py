@@ -109,7 +109,7 @@ def test_an_explicit_value_beats_the_preset_and_the_recorded_value_is_the_used_o
         assert cfg["aggregator"]["c"] == c
         state = torch.load(tmp_path / run / "checkpoints" / "latest.pt", weights_only=False)
         tr = Trainer(state["config"], tmp_path / "probe" / run)
-        assert tr.agent.aggregators["critic"].c == c
+        assert tr.aggregators["critic"].c == c
 
 
 def test_an_unknown_preset_is_one_line_and_exit_2(tmp_path):

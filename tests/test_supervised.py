@@ -104,7 +104,7 @@ def test_consmtl_lower_level_gives_each_head_the_gradient_of_eq_8(data, single_t
     for i, head in enumerate(model.heads):
         got = torch.cat([p.grad.flatten() for p in head.parameters()])
         assert torch.allclose(got, expected[i], rtol=1e-4, atol=1e-7), i
-    assert torch.allclose(agg.weights, ref.weights, rtol=1e-6)
+    assert torch.allclose(agg.weights, ref.weights, rtol=1e-4)   # float32 Gram, summed per parameter block
     tr.close()
 
 
@@ -121,7 +121,7 @@ def test_batched_per_task_gradients_equal_separate_backwards_on_the_mpnn(data):
     model.zero_grad(set_to_none=True)
     aggregators.backward(list(losses), shared, aggregators.make("pcgrad", 11))
     got = torch.cat([p.grad.flatten() for p in shared])
-    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-8)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6)   # float32 entries of size ~1
     tr.close()
 
 

@@ -100,6 +100,25 @@ def test_bad_configs_raise_config_errors(tmp_path):
         Trainer(cfg, tmp_path)
     with pytest.raises(ConfigError, match="aggregate=\\[critic\\]"):
         Trainer({**point_mass_cfg("famo")}, tmp_path)
+    with pytest.raises(ConfigError, match="aggregate=\\[critic\\]"):     # the capability, not the name
+        Trainer({**point_mass_cfg("si")}, tmp_path)
+    # ConsMTL's lower level is refused on MT10 with its reason (it used to train only the upper level)
+    with pytest.raises(ConfigError, match="consmtl's lower level .* use pivrg"):
+        Trainer({**point_mass_cfg("consmtl")}, tmp_path)
+    for bad in ({"task_grads": "mine"}, {"per_task_grads": "vmap"}):
+        with pytest.raises(ConfigError, match="train.(task_grads|per_task_grads) must be one of"):
+            Trainer(point_mass_cfg(**bad), tmp_path)
+
+
+def test_the_trainer_records_what_task_parameters_receive(tmp_path):
+    """train.task_grads is stated in the config (own: the RL default) and handed to every
+    component's backward; config.json records it."""
+    import json
+
+    tr = Trainer(point_mass_cfg("pivrg", task_grads="own"), tmp_path)
+    assert {b.task_grads for b in tr.agent.backward.values()} == {"own"}
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["task_grads"] == "own"
+    tr.close()
 
 
 def test_non_finite_updates_are_skipped_then_stop(tmp_path):
@@ -181,7 +200,7 @@ def test_pivrg_fed_from_a_window_of_training_episodes(tmp_path):
     cfg["performance"] = {"reference_success": 1.0, "source": "train_window", "window": 3}
     tr = Trainer(cfg, tmp_path)
     fed = []
-    agg = tr.agent.aggregators["critic"]
+    agg = tr.aggregators["critic"]
     original = agg.update_performance
     agg.update_performance = lambda dm: (fed.append(list(map(float, dm))), original(dm))
     tr.train()

@@ -2,15 +2,17 @@
 
 One step: forward the batch, the k task losses, then :func:`aggregators.backward` fills
 the gradients (the shared encoder gets the aggregated direction; loss-only methods do one
-ordinary backward) and the optimiser steps.  Modes (``mode``):
+ordinary backward) and the optimiser steps.  The heads receive the gradient of
+``sum_i w_i l_i`` (``train.task_grads: weighted``), as in the reference code whose
+published rows these benchmarks reproduce.  Modes (``mode``):
 
 * ``param``: the method aggregates the per-task gradients of the shared parameters;
 * ``rep`` (the "-UB" variants of papers 002 and 003): it aggregates the per-task
   gradients of the shared representation z, and the aggregated ``d_z`` goes back through
   the encoder once.
 
-ConsMTL (paper 001) adds its lower level (eqs. 6-8, Alg. 1): after the upper level has
-given the weights alpha, head i is updated with ``grad l_i + clip(grad L_i^extra)``,
+A method with a lower level (ConsMTL, eqs. 6-8, Alg. 1) gets the model's heads and the
+representation z: the engine updates head i with ``grad l_i + clip(grad L_i^extra)``,
 ``L_i^extra = -lam <d l_i / d z, d_z>``, ``d_z = sum_j alpha_j d l_j / d z`` detached
 (Prop. 3.1), the extra gradient clipped to ``clip_ratio`` times the task gradient's norm
 on that head (the authors' clip).
@@ -35,7 +37,6 @@ import torch
 from tqdm import tqdm
 
 import aggregators
-from aggregators.fair import ConsMTL
 
 from .. import config_checks
 from .. import metrics as mtl_metrics
@@ -110,7 +111,8 @@ class SupervisedTrainer:
         self.max_batches = t.get("max_batches")
         self.log_every = int(t.get("log_every", 50))
         self.diagnostics_every = int(t.get("diagnostics_every", 0))
-        self.per_task = t.get("per_task_grads", "batched")
+        self.per_task = t.get("per_task_grads", "auto")
+        self.task_grads = t.get("task_grads", "weighted")
         self.mode = cfg.get("mode", "param")
         random.seed(self.seed)
         np.random.seed(self.seed)
@@ -128,7 +130,7 @@ class SupervisedTrainer:
         except FileNotFoundError as exc:   # model.weights=PATH that is not there
             raise ConfigError(str(exc)) from None
         self.agg = build_aggregator(cfg["aggregator"], k).to(self.device)
-        self.lower_level = isinstance(self.agg, ConsMTL)
+        self.lower_level = self.agg.has_lower_level
         self.after_step = aggregators.needs_after_step(self.agg)
         if self.lower_level and len(self.model.heads) != k:
             raise ConfigError(f"ConsMTL's lower level needs one head per task ({k}), the model has {len(self.model.heads)}")
@@ -200,16 +202,10 @@ class SupervisedTrainer:
         diag = self.diagnostics_every > 0 and self.step % self.diagnostics_every == 0
         shared = self.model.shared_parameters()
         last = self._last_layer_grads(losses) if diag else None
-        if self.lower_level:
-            rep_grads = _batched_grad(losses, z, create_graph=True)
-            head_grads = torch.autograd.grad(losses.sum(), self.model.task_parameters(), retain_graph=True)
-            info = aggregators.backward(list(losses), shared, self.agg, features=z if self.mode == "rep" else None,
-                                        diagnostics=diag, task_names=names, retain_graph=True,
-                                        per_task=self.per_task)
-            self._lower_level(rep_grads, head_grads)
-        else:
-            info = aggregators.backward(list(losses), shared, self.agg, features=z if self.mode == "rep" else None,
-                                        diagnostics=diag, task_names=names, per_task=self.per_task)
+        heads = [list(h.parameters()) for h in self.model.heads] if self.lower_level else None
+        info = aggregators.backward(list(losses), shared, self.agg, features=z if self.mode == "rep" else None,
+                                    diagnostics=diag, task_names=names, per_task=self.per_task,
+                                    task_grads=self.task_grads, heads=heads, representation=z)
         self.last_layer = None if last is None else _last_layer_scalars(last, names)
         self.optimizer.step()
         if self.after_step:  # FAMO: the losses of the updated model on the same batch
@@ -222,25 +218,8 @@ class SupervisedTrainer:
         """(k per-task gradients on the last shared layer (k, n), its parameters): paper
         004's imbalance signal; the applied update on them is read after the backward."""
         params = self.model.last_shared_parameters()
-        return _batched_grad(losses, tuple(params)), params
-
-    def _lower_level(self, rep_grads: torch.Tensor, head_grads) -> None:
-        """ConsMTL eqs. 7-8: head i's gradient is grad l_i + the clipped gradient of
-        ``-lam <delta_i, d_z>`` (replacing the alpha-weighted one of the upper level)."""
-        extra = self.agg.extra_losses(rep_grads).sum()  # head i's extra loss reaches head i only
-        params = self.model.task_parameters()
-        extra_grads = torch.autograd.grad(extra, params, allow_unused=True)
-        by_head = _group_by_head(self.model, params)
-        for idx in by_head:
-            task = torch.cat([head_grads[j].flatten() for j in idx])
-            ext = torch.cat([(extra_grads[j] if extra_grads[j] is not None else torch.zeros_like(params[j])).flatten()
-                             for j in idx])
-            ext = self.agg.clip_extra_grad(ext, task)
-            offset = 0
-            for j in idx:
-                n = params[j].numel()
-                params[j].grad = (task[offset:offset + n] + ext[offset:offset + n]).view_as(params[j])
-                offset += n
+        path = "loop" if self.per_task == "loop" else "batched"
+        return aggregators.task_gradients(losses, params, per_task=path), params
 
     # -- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -255,7 +234,7 @@ class SupervisedTrainer:
         return state.compute()
 
     def _feed_performance(self, dm_i: dict[str, float]) -> None:
-        if hasattr(self.agg, "update_performance"):
+        if self.agg.uses_performance:
             self.agg.update_performance(torch.tensor([dm_i[t] for t in self.bench.tasks], dtype=torch.float64))
 
     # -- the loop ----------------------------------------------------------------------------
@@ -319,7 +298,7 @@ class SupervisedTrainer:
                 record["mean_weights"] = dict(zip(self.bench.tasks, (weights_sum / weighted_steps).tolist()))
                 self.weights_sum += weights_sum.cpu()
                 self.weights_steps += weighted_steps
-            if hasattr(self.agg, "omega"):
+            if self.agg.uses_performance:
                 record["omega"] = self.agg.omega.detach().cpu().tolist()
             self.evaluations.append(record)
             self.log.evaluation(record)
@@ -354,17 +333,6 @@ class SupervisedTrainer:
         self.log.close()
 
 
-def _batched_grad(losses: torch.Tensor, z, create_graph: bool = False) -> torch.Tensor:
-    """d l_i / d z for every task in one batched backward: (k, *z.shape) for one tensor,
-    (k, total size) for a tuple of tensors (per-task features, parameters), flattened and
-    joined; a tensor a loss does not reach gets zeros."""
-    eye = torch.eye(losses.numel(), dtype=losses.dtype, device=losses.device)
-    feats = (z,) if isinstance(z, torch.Tensor) else tuple(z)
-    grads = torch.autograd.grad(losses, feats, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
-                                create_graph=create_graph, allow_unused=True, materialize_grads=True)
-    return grads[0] if isinstance(z, torch.Tensor) else torch.cat([g.flatten(1) for g in grads], dim=1)
-
-
 def _last_layer_scalars(last: tuple[torch.Tensor, list], names) -> dict[str, float]:
     """Per-task gradient norms on the last shared layer and each task gradient's cosine
     with the update applied there (the parameters' ``.grad`` after the backward)."""
@@ -376,12 +344,6 @@ def _last_layer_scalars(last: tuple[torch.Tensor, list], names) -> dict[str, flo
     k = len(names)
     return {**{f"last_layer_grad_norm/{n}": values[i] for i, n in enumerate(names)},
             **{f"last_layer_cosine/{n}": values[k + i] for i, n in enumerate(names)}}
-
-
-def _group_by_head(model, params: list) -> list[list[int]]:
-    """Indices into ``params`` of each head's parameters (head i = ``model.heads[i]``)."""
-    index = {id(p): j for j, p in enumerate(params)}
-    return [[index[id(p)] for p in head.parameters()] for head in model.heads]
 
 
 def _optimizer(t: dict, params: list) -> torch.optim.Optimizer:

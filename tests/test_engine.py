@@ -361,3 +361,150 @@ def test_nested_features_are_refused():
     with pytest.raises(ValueError, match="computed from features"):
         aggregators.backward(losses, trunk, "graddrop", features=[z1, z2])
     assert trunk.weight.grad is None
+
+
+# -- the task-split path on the SAC networks ------------------------------------------------------
+
+from agents import MultiTaskSAC, actor_losses, critic_losses, temperature_losses  # noqa: E402
+
+SAC_CASES = [("critic", "mh_sac", False), ("actor", "mh_sac", False), ("critic", "mtl_sac_te", False),
+             ("actor", "mtl_sac", False), ("alpha", "mh_sac", True), ("alpha", "mh_sac", False)]
+
+
+def sac_component(component, kind, shared_alpha, seed=0):
+    """(losses_fn(record), shared, task) of one SAC component in float64 on a stratified batch."""
+    torch.manual_seed(seed)
+    agent = MultiTaskSAC(5, 2, K, kind, hidden=8, layers=2, shared_alpha=shared_alpha, embedding_dim=3)
+    for m in (agent.actor, agent.critic, agent.critic_target, agent.temperature):
+        m.double()
+    g = torch.Generator().manual_seed(seed + 1)
+    obs, act = torch.randn(K, 4, 5, generator=g, dtype=torch.float64), torch.rand(K, 4, 2, generator=g).double()
+    target = torch.randn(K, 4, generator=g, dtype=torch.float64) * torch.tensor([1.0, 4.0, 0.2]).double()[:, None]
+    noise = torch.randn(K, 4, 2, generator=g, dtype=torch.float64)
+    gap = torch.randn(K, 4, generator=g, dtype=torch.float64)
+    module, fn = {
+        "critic": (agent.critic, lambda rec: critic_losses(agent.critic, obs, act, target, rec)),
+        "actor": (agent.actor, lambda rec: actor_losses(agent.actor, agent.critic, obs, noise,
+                                                        agent.alpha().detach().double(), rec)[0]),
+        "alpha": (agent.temperature, lambda rec: temperature_losses(agent.temperature, gap)),
+    }[component]
+    return fn, list(module.shared_params().values()), list(module.task_params().values())
+
+
+@pytest.mark.parametrize("task_grads", ["own", "weighted"])
+@pytest.mark.parametrize("case", SAC_CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("name", NAMES)
+def test_split_path_on_sac_networks_equals_one_backward_per_task(name, case, task_grads):
+    """Shared parameters: the aggregator applied to G from one backward per task; task
+    parameters: their own gradient (sum_i l_i) or that of sum_i w_i l_i."""
+    fn, shared, task = sac_component(*case)
+    losses = fn(None)
+    agg_ref = aggregators.make(name, K)
+    if shared:
+        G = per_task_rows(losses, shared, create_graph=agg_ref.needs_graph)
+        d_ref = agg_ref(G.detach(), losses.detach())
+        if agg_ref.needs_graph:
+            pen = agg_ref.penalty(G)
+            if pen.requires_grad:
+                d_ref = d_ref + torch.cat([g.flatten() for g in torch.autograd.grad(pen, shared, retain_graph=True)])
+        w = method_weights(agg_ref)
+    elif agg_ref.requires_grads:   # nothing to aggregate: gradient methods give the plain sum
+        w = None
+    else:
+        agg_ref.loss(losses.detach())
+        w = agg_ref.weights
+    weighted = task_grads == "weighted" and w is not None
+    total = (losses * w.to(losses.dtype)).sum() if weighted else losses.sum()
+    task_ref = torch.autograd.grad(total, task, retain_graph=True) if task else []
+
+    records = []
+    res = aggregators.backward(fn(records), shared, aggregators.make(name, K), task_params=task,
+                               task_grads=task_grads, linear_records=records)
+    if shared:
+        assert res.path == ("loss-only" if not agg_ref.requires_grads else "split" if records else "batched")
+        assert torch.allclose(torch.cat([p.grad.flatten() for p in shared]), d_ref, **TOL)
+    for p, g in zip(task, task_ref):
+        assert torch.allclose(p.grad, g, **TOL)
+
+
+@pytest.mark.parametrize("name", ["pivrg", "pcgrad", "ls", "famo"])
+@pytest.mark.parametrize("path", ["split", "batched", "loop"])
+def test_nonfinite_losses_skip_or_raise_before_any_grad_is_written(name, path):
+    fn, shared, task = sac_component("critic", "mh_sac", False)
+    for mode in ("skip", "raise"):
+        records = []
+        losses = fn(records)
+        losses = losses * torch.tensor([1.0, float("nan"), 1.0], dtype=losses.dtype)
+        if mode == "skip":
+            res = aggregators.backward(losses, shared, aggregators.make(name, K), task_params=task, nonfinite="skip",
+                                       per_task=path, linear_records=records)
+            assert not res.finite and res.weights is None and torch.isnan(res.direction_norm)
+        else:
+            with pytest.raises(ValueError, match="'1'.*non-finite loss"):
+                aggregators.backward(losses, shared, aggregators.make(name, K), task_params=task,
+                                     per_task=path, linear_records=records)
+        assert all(p.grad is None for p in [*shared, *task])
+
+
+def test_nonfinite_gradient_with_finite_losses_is_skipped():
+    """An infinite slope (sqrt at 0) on task 2 only: finite losses, non-finite gradient."""
+    fn, shared, task = sac_component("critic", "mh_sac", False)
+    records = []
+    losses = fn(records)
+    y = records[-1][1]                      # the last shared layer's output, task 2 = samples 8..11
+    losses = torch.stack([losses[0], losses[1], losses[2] + (y[..., 8:, :] * 0).sum().sqrt()])
+    res = aggregators.backward(losses, shared, aggregators.make("pivrg", K), task_params=task, nonfinite="skip",
+                               linear_records=records)
+    assert not res.finite and all(p.grad is None for p in [*shared, *task])
+
+
+def test_split_records_are_checked():
+    fn, shared, task = sac_component("critic", "mh_sac", False)
+    records = []
+    losses = fn(records)
+    x, y, w, b = records[0]
+    with pytest.raises(ValueError, match="shared parameters"):
+        aggregators.backward(losses, shared[1:], "pivrg", task_params=task, linear_records=records)
+    with pytest.raises(ValueError, match="k = 3"):
+        aggregators.backward(losses, shared, "pivrg", task_params=task, linear_records=[(x[..., :5, :], y[..., :5, :], w, b)])
+    with pytest.raises(ValueError, match="task_grads"):
+        aggregators.backward(losses, shared, "pivrg", task_grads="mine")
+
+
+def test_lower_level_gives_each_head_eq_8():
+    """ConsMTL's lower level through the engine (heads + representation): head i gets
+    grad l_i + clip(grad of -lam <delta_i, d_z>), delta_i = d l_i / d z, d_z = sum_j alpha_j
+    delta_j with the upper level's alpha (ConsMTL eqs. 7-8, Prop. 3.1)."""
+    net, x, y = setup(5)
+    z = net.trunk(x)
+    losses = net.losses(x, y, z)
+    agg = aggregators.make("consmtl", K, lam=2.0, clip_ratio=0.5)
+    heads = [list(h.parameters()) for h in net.heads]
+    res = aggregators.backward(losses, net.trunk, agg, heads=heads, representation=z)
+    alpha = res.weights
+    scales = []
+
+    net2 = copy.deepcopy(net)
+    for p in net2.parameters():
+        p.grad = None
+    z2 = net2.trunk(x)
+    l2 = net2.losses(x, y, z2)
+    deltas = [torch.autograd.grad(l, z2, retain_graph=True, create_graph=True)[0] for l in l2]
+    d_z = sum(a.item() * dl.detach() for a, dl in zip(alpha, deltas))
+    for i, head in enumerate(net2.heads):
+        params = list(head.parameters())
+        own = torch.cat([g.flatten() for g in torch.autograd.grad(l2[i], params, retain_graph=True)])
+        extra_loss = -2.0 * (deltas[i] * d_z).sum()
+        extra = torch.cat([g.flatten() for g in torch.autograd.grad(extra_loss, params, retain_graph=True)])
+        scale = min(1.0, (0.5 * own.norm() / extra.norm()).item())
+        want = own + scale * extra
+        got = torch.cat([p.grad.flatten() for p in net.heads[i].parameters()])
+        assert torch.allclose(got, want, **TOL)
+        scales.append(scale)
+    assert min(scales) < 1.0 and max(scales) == 1.0     # the clip bound on one head at least, not all
+    # the shared trunk got the upper level's direction, as without the lower level
+    net3 = copy.deepcopy(net)
+    for p in net3.parameters():
+        p.grad = None
+    aggregators.backward(net3.losses(x, y), net3.trunk, aggregators.make("consmtl", K, lam=2.0, clip_ratio=0.5))
+    assert torch.allclose(flat_grad(net.trunk), flat_grad(net3.trunk), **TOL)
