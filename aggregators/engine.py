@@ -329,21 +329,20 @@ def _full(call: _Call) -> BackwardResult:
     (without a second-order term) never join the per-parameter blocks into ``G``: ``M`` is
     the sum of the blocks' Gram matrices and ``d`` is ``w^T G`` block by block."""
     agg = call.agg
-    blocks, own = _task_blocks(call)
-    detached = [b.detach() for b in blocks]
     by_gram = isinstance(agg, GramWeighting) and not agg.needs_graph
+    blocks, own = _task_blocks(call, factored=by_gram)
     gram = None
     if isinstance(agg, GramWeighting) or call.want_diagnostics:
-        gram = functools.reduce(torch.add, [b @ b.T for b in detached])
-    Gd = None if by_gram else torch.cat(detached, dim=1)
+        gram = functools.reduce(torch.add, [b.gram() for b in blocks])
+    Gd = None if by_gram else _join(blocks).detach()
     _check_finite(call, gram.diagonal() if gram is not None else _row_max(Gd))
     if by_gram:
         w = agg.gram_weights(gram, call.losses.detach())
-        parts = [(w.to(b.dtype) @ b).view(q.shape) for b, q in zip(detached, call.params)]
+        parts = [b.direction(w).view(q.shape) for b, q in zip(blocks, call.params)]
         norm = _weighted_norm(gram, w)
     else:
         w, d = _aggregate(call, Gd, gram)
-        d = _add_penalty(call, d, torch.cat(blocks, dim=1), call.params)
+        d = _add_penalty(call, d, _join(blocks), call.params)
         parts = _split_flat(d, call.params)
         norm = torch.linalg.vector_norm(d)
     others = own if own is not None else _others_grads(call, w)
@@ -420,18 +419,79 @@ def _lower_level(call: _Call, rep_grads: Tensor) -> None:
 
 # -- pieces of the paths -------------------------------------------------------------------------
 
-def _task_blocks(call: _Call) -> tuple[list[Tensor], list | None]:
-    """The k per-task gradients of each shared parameter, ``(k, numel)`` blocks in the
-    order of the parameters (differentiable where a second-order term needs them), and
-    on the split path the task parameters' own gradients from the same backward."""
+class _Rows:
+    """Task i's gradient of one parameter as row i of ``rows (k, E, numel / E)``: E is the
+    ensemble size of a split-path parameter (1 elsewhere), and ``rows[:, e]`` is
+    contiguous, so the Gram matrix and the direction need no copy."""
+
+    def __init__(self, rows: Tensor):
+        self.rows = rows
+
+    def gram(self) -> Tensor:
+        r = self.rows.detach()
+        return functools.reduce(torch.add, [r[:, e] @ r[:, e].T for e in range(r.shape[1])])
+
+    def direction(self, w: Tensor) -> Tensor:
+        r = self.rows.detach()
+        return torch.stack([w.to(r.dtype) @ r[:, e] for e in range(r.shape[1])])
+
+    def matrix(self) -> Tensor:
+        return self.rows.reshape(self.rows.shape[0], -1)
+
+
+class _Factored:
+    """Task i's gradient of a linear layer's weight (or bias) in factored form:
+    ``sum_{s in block i} delta_s x_s^T`` (or ``sum delta_s``), never formed.  Its Gram
+    matrix comes from the sample Gram matrices, ``M_ij = sum_{s in i, t in j} (delta_s .
+    delta_t) (x_s . x_t)``, and the direction from one weighted weight-gradient matmul
+    ``(w_rows * delta)^T X``.  This is Goodfellow's (2015) per-example trick taken to task
+    blocks; it is cheaper than forming the per-task gradients where the blocks are small."""
+
+    def __init__(self, x: Tensor, gy: Tensor, k: int, bias: bool, shared: dict):
+        self.x, self.gy, self.k, self.bias, self.shared = x, gy, k, bias, shared
+
+    def _delta_gram(self) -> Tensor:
+        if "dd" not in self.shared:     # shared by a layer's weight and bias
+            self.shared["dd"] = torch.bmm(self.gy, self.gy.transpose(1, 2))
+        return self.shared["dd"]
+
+    def gram(self) -> Tensor:
+        p = self._delta_gram()
+        if not self.bias:
+            p = p * torch.bmm(self.x, self.x.transpose(1, 2))
+        n = p.shape[-1]
+        return p.reshape(-1, self.k, n // self.k, self.k, n // self.k).sum((0, 2, 4))
+
+    def direction(self, w: Tensor) -> Tensor:
+        n = self.gy.shape[1]
+        weighted = self.gy * w.to(self.gy.dtype).repeat_interleave(n // self.k)[:, None]
+        if self.bias:
+            return weighted.sum(1)
+        return torch.bmm(weighted.transpose(1, 2), self.x.expand(self.gy.shape[0], -1, -1))
+
+    def matrix(self) -> Tensor:
+        gw, gb = _linear_task_grads(self.x, self.gy, self.k)
+        return (gb if self.bias else gw).reshape(self.k, -1)
+
+
+def _task_blocks(call: _Call, factored: bool = False) -> tuple[list, list | None]:
+    """The k per-task gradients of each shared parameter, one block per parameter in
+    their order (differentiable where a second-order term needs them), and on the split
+    path the task parameters' own gradients from the same backward.  ``factored``: on the
+    split path, layers whose blocks are small keep their gradients factored."""
     k = call.losses.shape[0]
     create_graph = call.agg.needs_graph
     if call.path != "split":
-        return [g.reshape(k, -1) for g in _per_task(call, call.params, create_graph)], None
-    return _split_blocks(call, create_graph)
+        return [_Rows(g.reshape(k, 1, -1)) for g in _per_task(call, call.params, create_graph)], None
+    return _split_blocks(call, create_graph, factored)
 
 
-def _split_blocks(call: _Call, create_graph: bool) -> tuple[list[Tensor], list | None]:
+def _join(blocks: list) -> Tensor:
+    """The (k, n) matrix ``G`` from per-parameter blocks (a copy)."""
+    return torch.cat([b.matrix() for b in blocks], dim=1)
+
+
+def _split_blocks(call: _Call, create_graph: bool, factored: bool) -> tuple[list, list | None]:
     """One backward of ``sum_i l_i`` to the recorded layer outputs (and, in ``"own"`` mode,
     to the task parameters), then ``A_i^T delta_i`` per task block.  Shared parameters
     that no record covers get their rows from the batched path."""
@@ -440,29 +500,51 @@ def _split_blocks(call: _Call, create_graph: bool) -> tuple[list[Tensor], list |
     others = call.others if call.own else []
     grads = torch.autograd.grad(call.losses.sum(), [*outputs, *others], retain_graph=True,
                                 create_graph=create_graph, allow_unused=True, materialize_grads=True)
+    uses: dict[int, int] = {}
+    for _, _, w, b in call.records:
+        for q in (w, b):
+            if q is not None:
+                uses[id(q)] = uses.get(id(q), 0) + 1
     rows: dict[int, Tensor] = {}
+    blocks: dict[int, object] = {}
     for (x, _, w, b), gy in zip(call.records, grads[:len(outputs)]):
+        n, out, inp = gy.shape[-2], gy.shape[-1], x.shape[-1]
+        if factored and n * (out + inp) <= _FACTOR_RATIO * out * inp and uses[id(w)] == 1:
+            x3, gy3, shared = x.reshape(-1, n, inp), gy.reshape(-1, n, out), {}
+            blocks[id(w)] = _Factored(x3, gy3, k, False, shared)
+            if b is not None:
+                blocks[id(b)] = _Factored(x3, gy3, k, True, shared)
+            continue
         gw, gb = _linear_task_grads(x, gy, k)
         rows[id(w)] = gw if id(w) not in rows else rows[id(w)] + gw
         if b is not None:
             rows[id(b)] = gb if id(b) not in rows else rows[id(b)] + gb
-    rest = [q for q in call.params if id(q) not in rows]
+    blocks.update((key, _Rows(r)) for key, r in rows.items())
+    rest = [q for q in call.params if id(q) not in blocks]
     if rest:
-        rows.update(zip(map(id, rest), _vjp_rows(call.losses, rest, create_graph, True)))
-    blocks = [rows[id(q)].reshape(k, -1) for q in call.params]
-    return blocks, (list(grads[len(outputs):]) if call.own else None)
+        blocks.update((id(q), _Rows(g.reshape(k, 1, -1)))
+                      for q, g in zip(rest, _vjp_rows(call.losses, rest, create_graph, True)))
+    return [blocks[id(q)] for q in call.params], (list(grads[len(outputs):]) if call.own else None)
+
+
+#: a layer's per-task gradients stay factored when N (out + in) <= this * out * in (the
+#: sample Gram matrices then cost at most this many times the per-task matmuls' FLOPs,
+#: and spare forming k x out x in; measured with scripts/bench_update.py)
+_FACTOR_RATIO = 2
 
 
 def _linear_task_grads(x: Tensor, gy: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Per-task gradients of ``y = x W^T + b`` from the inputs ``x (..., N, in)`` and the
-    output gradients ``gy (..., N, out)``: ``(k, ..., out, in)`` and ``(k, ..., out)``."""
+    """Per-task gradients of ``y = x W^T + b`` from the inputs ``x ([E,] N, in)`` and the
+    output gradients ``gy ([E,] N, out)``: ``A_i^T delta_i`` on each task block, as
+    ``(k, E, out * in)`` and ``(k, E, out)`` views of ensemble-major results (E = 1 for a
+    plain layer)."""
     lead, (n, out) = gy.shape[:-2], gy.shape[-2:]
     x = x.expand(*lead, *x.shape[-2:])
     g4 = gy.reshape(-1, k, n // k, out)
-    x4 = x.reshape(-1, k, n // k, x.shape[-1])
-    gw = torch.einsum("ekbo,ekbi->keoi", g4, x4).reshape(k, *lead, out, x.shape[-1])
-    gb = g4.sum(2).transpose(0, 1).reshape(k, *lead, out)
-    return gw, gb
+    e, inp = g4.shape[0], x.shape[-1]
+    # one bmm over the E k task blocks (as fast as the ordinary weight gradient's matmul)
+    gw = torch.bmm(g4.reshape(e * k, n // k, out).transpose(1, 2), x.reshape(e * k, n // k, inp))
+    return gw.view(e, k, out * inp).transpose(0, 1), g4.sum(2).transpose(0, 1)
 
 
 def _others_grads(call: _Call, w: Tensor | None) -> list:
