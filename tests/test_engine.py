@@ -391,12 +391,21 @@ def sac_component(component, kind, shared_alpha, seed=0):
     return fn, list(module.shared_params().values()), list(module.task_params().values())
 
 
+@pytest.mark.parametrize("factored", [False, True], ids=["formed", "factored"])
 @pytest.mark.parametrize("task_grads", ["own", "weighted"])
 @pytest.mark.parametrize("case", SAC_CASES, ids=lambda c: "-".join(map(str, c)))
 @pytest.mark.parametrize("name", NAMES)
-def test_split_path_on_sac_networks_equals_one_backward_per_task(name, case, task_grads):
+def test_split_path_on_sac_networks_equals_one_backward_per_task(name, case, task_grads, factored, monkeypatch):
     """Shared parameters: the aggregator applied to G from one backward per task; task
-    parameters: their own gradient (sum_i l_i) or that of sum_i w_i l_i."""
+    parameters: their own gradient (sum_i l_i) or that of sum_i w_i l_i.  Both forms of
+    the per-task gradients of a layer: formed (A_i^T delta_i) and factored (Gram matrix
+    from the sample Gram matrices, direction from one weighted matmul)."""
+    import aggregators.engine as engine
+
+    monkeypatch.setattr(engine, "_FACTOR_RATIO", 1e9 if factored else 0)
+    factored_grams = []
+    real_gram = engine._Factored.gram
+    monkeypatch.setattr(engine._Factored, "gram", lambda self: factored_grams.append(1) or real_gram(self))
     fn, shared, task = sac_component(*case)
     losses = fn(None)
     agg_ref = aggregators.make(name, K)
@@ -423,6 +432,8 @@ def test_split_path_on_sac_networks_equals_one_backward_per_task(name, case, tas
     if shared:
         assert res.path == ("loss-only" if not agg_ref.requires_grads else "split" if records else "batched")
         assert torch.allclose(torch.cat([p.grad.flatten() for p in shared]), d_ref, **TOL)
+    by_gram = isinstance(agg_ref, GramWeighting) and not agg_ref.needs_graph and agg_ref.requires_grads
+    assert bool(factored_grams) == (factored and by_gram and bool(records))
     for p, g in zip(task, task_ref):
         assert torch.allclose(p.grad, g, **TOL)
 
