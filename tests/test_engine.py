@@ -66,7 +66,7 @@ def per_task_rows(losses, inputs, create_graph=False):
     ])
 
 
-def reference(name, net, x, y, device):
+def reference(name, net, x, y, device, task_grads="weighted"):
     """(d, grads of the task parameters, weights, G) by one backward per task."""
     losses = net.losses(x, y)
     shared = list(net.trunk.parameters())
@@ -76,17 +76,22 @@ def reference(name, net, x, y, device):
     if agg.needs_graph:
         d = d + torch.cat([g.flatten() for g in torch.autograd.grad(agg.penalty(G), shared, retain_graph=True)])
     w = method_weights(agg)
-    total = sum(l * (1.0 if w is None else w[i].item()) for i, l in enumerate(losses))
+    scale = [1.0 if w is None or task_grads == "own" else w[i].item() for i in range(K)]
+    total = sum(l * scale[i] for i, l in enumerate(losses))
     return d, torch.autograd.grad(total, net.task_params()), w, G.detach(), agg
 
 
+@pytest.mark.parametrize("task_grads", ["weighted", "own"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", NAMES)
-def test_parameter_level_equals_aggregator_on_one_backward_per_task(name, device):
+def test_parameter_level_equals_aggregator_on_one_backward_per_task(name, device, task_grads):
+    """Every method, shared inputs across tasks (the supervised models' case: the batched
+    path), in both task-parameter modes."""
     net, x, y = setup(1, device)
-    d_ref, task_ref, w_ref, _, agg_ref = reference(name, net, x, y, device)
+    d_ref, task_ref, w_ref, _, agg_ref = reference(name, net, x, y, device, task_grads)
     agg = aggregators.make(name, K).to(device)
-    res = aggregators.backward(net.losses(x, y), net.trunk, agg)
+    res = aggregators.backward(net.losses(x, y), net.trunk, agg, task_grads=task_grads)
+    assert res.path == ("loss-only" if not agg.requires_grads else "batched")
     assert torch.allclose(flat_grad(net.trunk), d_ref, **TOL)
     for p, g in zip(net.task_params(), task_ref):
         assert torch.allclose(p.grad, g, **TOL)
