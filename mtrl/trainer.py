@@ -58,6 +58,7 @@ def prepare_config(cfg: dict) -> dict:
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
     config_checks.check_task_split(cfg, k)
+    component_aggregators(cfg, k)   # the methods' needs against the SAC losses, before any work
     return cfg
 
 
@@ -71,14 +72,27 @@ def build_env(env_cfg: dict, seed: int, protocol: str | None = None):
 
 
 def build_agent(cfg: dict, env, device: torch.device) -> MultiTaskSAC:
-    """The run's agent for ``env``, with the configured aggregator on the components listed
-    in ``aggregate`` and LS on the others (also used to load a saved run for evaluation).
-    The agent is handed one :class:`~mtrl.aggregation.ComponentBackward` per component."""
+    """The run's agent for ``env`` (also used to load a saved run for evaluation), handed
+    one :class:`~mtrl.aggregation.ComponentBackward` per component."""
+    aggs = component_aggregators(cfg, env.num_tasks)
+    t = cfg.get("train", {})
+    backward = {c: ComponentBackward(aggs[c], t.get("task_grads", "own"), t.get("per_task_grads", "auto"))
+                for c in COMPONENTS}
+    a = dict(cfg["agent"])
+    kind = a.pop("kind")
+    try:
+        return MultiTaskSAC(env.obs_dim, env.act_dim, env.num_tasks, kind=kind, backward=backward, device=device, **a)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"agent config: {str(exc).splitlines()[0]}") from None
+
+
+def component_aggregators(cfg: dict, k: int) -> dict:
+    """The configured aggregator on the components listed in ``aggregate``, LS on the
+    others; a method whose declared needs the SAC losses cannot meet is a ConfigError."""
     components = list(cfg.get("aggregate", COMPONENTS))
     unknown = sorted(set(components) - set(COMPONENTS))
     if unknown:
         raise ConfigError(f"aggregate lists unknown component(s) {unknown}; valid: {', '.join(COMPONENTS)}")
-    k = env.num_tasks
     aggs = {c: build_aggregator(cfg["aggregator"] if c in components else {"name": "ls"}, k) for c in COMPONENTS}
     name = cfg["aggregator"]["name"]
     if any(aggs[c].has_lower_level for c in components):
@@ -88,15 +102,7 @@ def build_agent(cfg: dict, env, device: torch.device) -> MultiTaskSAC:
     if "actor" in components and aggs["actor"].needs_positive_losses:
         raise ConfigError(f"{name} takes the log of the losses and the SAC actor loss is negative: "
                           f"use aggregate=[critic] (FAMO's MT10 setting) or aggregate=[critic,alpha]")
-    t = cfg.get("train", {})
-    backward = {c: ComponentBackward(aggs[c], t.get("task_grads", "own"), t.get("per_task_grads", "auto"))
-                for c in COMPONENTS}
-    a = dict(cfg["agent"])
-    kind = a.pop("kind")
-    try:
-        return MultiTaskSAC(env.obs_dim, env.act_dim, k, kind=kind, backward=backward, device=device, **a)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"agent config: {str(exc).splitlines()[0]}") from None
+    return aggs
 
 
 class Trainer:
