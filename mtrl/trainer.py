@@ -29,6 +29,7 @@ from aggregators import diagnostics
 from . import config_checks
 from .aggregation import ComponentBackward
 from .checkpoint import CheckpointError, load, save_atomic
+from .host_memory import keep_freed_memory
 from .configuration import ConfigError, build_aggregator, resolve_device
 from .run_identity import RL_KEYS, check_continuation
 from .evaluation import evaluate, success_drops
@@ -108,6 +109,7 @@ def component_aggregators(cfg: dict, k: int) -> dict:
 class Trainer:
     def __init__(self, cfg: dict, run_dir: str | Path):
         cfg = prepare_config(copy.deepcopy(cfg))
+        keep_freed_memory()
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.seed = int(cfg["seed"])

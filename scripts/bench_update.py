@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from agents import MultiTaskSAC  # noqa: E402
 from mtrl.aggregation import component_backwards  # noqa: E402
+from mtrl.host_memory import keep_freed_memory  # noqa: E402
 from mtrl.replay import ReplayBuffer  # noqa: E402
 
 OBS_DIM, ACT_DIM = 39, 4
@@ -143,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-sb3", action="store_true")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc settings as they are (the trainers keep freed memory)")
     args = ap.parse_args(argv)
+    if not args.default_malloc:
+        keep_freed_memory()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     bad = [b for b in args.batches if b % args.k]

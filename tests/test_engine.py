@@ -524,3 +524,12 @@ def test_lower_level_gives_each_head_eq_8():
         p.grad = None
     aggregators.backward(net3.losses(x, y), net3.trunk, aggregators.make("consmtl", K, lam=2.0, clip_ratio=0.5))
     assert torch.allclose(flat_grad(net.trunk), flat_grad(net3.trunk), **TOL)
+
+
+def test_keep_freed_memory_applies_on_glibc():
+    """The trainers' malloc setting (mtrl.host_memory): applied where the C library is glibc."""
+    import platform
+
+    from mtrl.host_memory import keep_freed_memory
+
+    assert keep_freed_memory() == (platform.libc_ver()[0] == "glibc")

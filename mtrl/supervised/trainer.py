@@ -41,6 +41,7 @@ import aggregators
 from .. import config_checks
 from .. import metrics as mtl_metrics
 from ..checkpoint import CheckpointError, load, save_atomic
+from ..host_memory import keep_freed_memory
 from ..configuration import ConfigError, build_aggregator, resolve_device
 from ..metrics_log import RunLogger
 from ..run_files import write_json_atomic
@@ -100,6 +101,7 @@ class SupervisedTrainer:
 
     def __init__(self, cfg: dict, run_dir: str | Path, benchmark: Benchmark | None = None):
         cfg = prepare_config(copy.deepcopy(cfg))
+        keep_freed_memory()
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.seed = int(cfg["seed"])
