@@ -48,8 +48,10 @@ class ReplayBuffer:
         return {f: v[rows, idx] for f, v in self.data.items()}
 
     def state_dict(self) -> dict:
+        """The filled part only: a copy, since ``torch.save`` of a slice would write its
+        whole storage (the buffer's full capacity, hundreds of MB for a 1M buffer)."""
         return {"pos": self.pos, "size": self.size, "per_task": self.per_task,
-                "data": {f: v[:, : self.size].cpu() for f, v in self.data.items()}}
+                "data": {f: v[:, : self.size].to("cpu", copy=True) for f, v in self.data.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         if state["per_task"] != self.per_task or state["data"]["obs"].shape[0] != self.k:
