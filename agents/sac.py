@@ -302,6 +302,7 @@ class MultiTaskSAC:
         target, noise = self.prepare(obs, rew, next_obs, done)
         logs: dict[str, Tensor | int] = {}
         seen: dict[str, Tensor] = {}
+        alpha = self.alpha().detach()
 
         def actor_fn(record):
             losses, logp = actor_losses(self.actor, self.critic, obs, noise, alpha, record)
@@ -310,7 +311,6 @@ class MultiTaskSAC:
 
         self._component_update("critic", lambda rec: critic_losses(self.critic, obs, act, target, rec),
                                self.critic.shared_params(), self.critic.task_params(), logs)
-        alpha = self.alpha().detach()
         self._component_update("actor", actor_fn, self.actor.shared_params(), self.actor.task_params(), logs)
         logp = seen["logp"]
         gap = logp + self.target_entropy

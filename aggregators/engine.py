@@ -183,8 +183,8 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, shared: n
         shared: the shared parameters, an ``nn.Module`` or an iterable of tensors.  Those
             that do not require grad are skipped, as an ordinary backward skips them.  It may
             be empty only when ``task_params`` is given; then nothing is aggregated and every
-            task parameter gets the gradient of ``sum_i l_i`` (``"own"``), or of the
-            method's combined loss (``"weighted"``).
+            task parameter gets the gradient of ``sum_i l_i``, or, for a loss-only method in
+            ``"weighted"`` mode, of the method's combined loss.
         aggregator: a registry name (``aggregators.make(name, k)``, moved to the losses'
             device) or an :class:`Aggregator` built for k tasks.
         features: the shared representation(s) ``z`` that the task heads read.  Given, the
@@ -360,6 +360,12 @@ def _low_memory(call: _Call, chunk_numel: int) -> BackwardResult:
     """``M`` summed over parameter chunks, weights from it, one backward of sum_i w_i l_i."""
     gram = _chunked_gram(call, call.params, chunk_numel)
     _check_finite(call, gram.diagonal())
+    return _gram_weighted_backward(call, gram)
+
+
+def _gram_weighted_backward(call: _Call, gram: Tensor) -> BackwardResult:
+    """Weights from the (checked) Gram matrix ``M``, then one backward of
+    ``sum_i w_i l_i`` fills every gradient (``d = w^T G`` without ``G``)."""
     w = call.agg.gram_weights(gram, call.losses.detach())
     grads = _weighted_grads(call, w)
     _check_finite(call, None, grads)
@@ -375,17 +381,12 @@ def _feature_level(call: _Call) -> BackwardResult:
     ``sum_i w_i l_i``: every path to a shared parameter passes through ``z``, so the
     trunk gradient is ``J_z^T sum_i w_i dl_i/dz = J_z^T d_z``."""
     agg = call.agg
-    Gz = _rows(_vjp_rows(call.losses, call.features, agg.needs_graph, call.path != "loop"))
+    Gz = _rows(_per_task(call, call.features, agg.needs_graph))
     Gd = Gz.detach()
     gram = Gd @ Gd.T if isinstance(agg, GramWeighting) or call.want_diagnostics else None
     _check_finite(call, gram.diagonal() if gram is not None else _row_max(Gd))
     if isinstance(agg, GramWeighting) and not agg.needs_graph:
-        w = agg.gram_weights(gram, call.losses.detach())
-        grads = _weighted_grads(call, w)
-        _check_finite(call, None, grads)
-        _accumulate([*call.params, *call.others], grads)
-        cos = diag.direction_cosines_from_gram(gram, w) if call.want_diagnostics else None
-        return call.result(w, _weighted_norm(gram, w), gram, cos)
+        return _gram_weighted_backward(call, gram)
     w, d = _aggregate(call, Gd, gram)
     d = _add_penalty(call, d, Gz, call.features)
     trunk = torch.autograd.grad(call.features, call.params, grad_outputs=_split_flat(d, call.features),
@@ -447,16 +448,13 @@ class _Factored:
     ``(w_rows * delta)^T X``.  This is Goodfellow's (2015) per-example trick taken to task
     blocks; it is cheaper than forming the per-task gradients where the blocks are small."""
 
-    def __init__(self, x: Tensor, gy: Tensor, k: int, bias: bool, shared: dict):
-        self.x, self.gy, self.k, self.bias, self.shared = x, gy, k, bias, shared
-
-    def _delta_gram(self) -> Tensor:
-        if "dd" not in self.shared:     # shared by a layer's weight and bias
-            self.shared["dd"] = torch.bmm(self.gy, self.gy.transpose(1, 2))
-        return self.shared["dd"]
+    def __init__(self, x: Tensor, gy: Tensor, k: int, bias: bool, delta_gram: Tensor):
+        """``x (E or 1, N, in)``, ``gy (E, N, out)``; ``delta_gram = gy gy^T`` (E, N, N),
+        computed once per layer for its weight and bias."""
+        self.x, self.gy, self.k, self.bias, self.delta_gram = x, gy, k, bias, delta_gram
 
     def gram(self) -> Tensor:
-        p = self._delta_gram()
+        p = self.delta_gram
         if not self.bias:
             p = p * torch.bmm(self.x, self.x.transpose(1, 2))
         n = p.shape[-1]
@@ -510,10 +508,11 @@ def _split_blocks(call: _Call, create_graph: bool, factored: bool) -> tuple[list
     for (x, _, w, b), gy in zip(call.records, grads[:len(outputs)]):
         n, out, inp = gy.shape[-2], gy.shape[-1], x.shape[-1]
         if factored and n * (out + inp) <= _FACTOR_RATIO * out * inp and uses[id(w)] == 1:
-            x3, gy3, shared = x.reshape(-1, n, inp), gy.reshape(-1, n, out), {}
-            blocks[id(w)] = _Factored(x3, gy3, k, False, shared)
+            x3, gy3 = x.reshape(-1, n, inp), gy.reshape(-1, n, out)
+            dd = torch.bmm(gy3, gy3.transpose(1, 2))
+            blocks[id(w)] = _Factored(x3, gy3, k, False, dd)
             if b is not None:
-                blocks[id(b)] = _Factored(x3, gy3, k, True, shared)
+                blocks[id(b)] = _Factored(x3, gy3, k, True, dd)
             continue
         gw, gb = _linear_task_grads(x, gy, k)
         rows[id(w)] = gw if id(w) not in rows else rows[id(w)] + gw

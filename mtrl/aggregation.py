@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 import aggregators
+from agents import COMPONENTS
 from aggregators import Aggregator, BackwardResult, needs_after_step
 
 __all__ = ["AGGREGATOR_LR", "ComponentBackward", "component_backwards"]
@@ -36,7 +37,6 @@ __all__ = ["AGGREGATOR_LR", "ComponentBackward", "component_backwards"]
 #: learning rate of the aggregators' own learnable parameters (UW log-variances, GradNorm
 #: logits), Adam; 0.025 as in the Nash-MTL / FAMO reference code
 AGGREGATOR_LR = 0.025
-COMPONENTS = ("critic", "actor", "alpha")
 
 
 class ComponentBackward(nn.Module):

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 import envs
-from agents import MultiTaskSAC
+from agents import COMPONENTS, MultiTaskSAC
 from aggregators import diagnostics
 
 from . import config_checks
@@ -37,7 +37,6 @@ from .metrics_log import RunLogger
 from .replay import ReplayBuffer
 
 CHECKPOINT_FORMAT = 3
-COMPONENTS = ("critic", "actor", "alpha")
 
 
 class NonFiniteError(RuntimeError):

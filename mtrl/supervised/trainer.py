@@ -136,6 +136,8 @@ class SupervisedTrainer:
         self.after_step = aggregators.needs_after_step(self.agg)
         if self.lower_level and len(self.model.heads) != k:
             raise ConfigError(f"ConsMTL's lower level needs one head per task ({k}), the model has {len(self.model.heads)}")
+        #: each task's head parameters, for a method with a lower level (the engine's hook)
+        self.heads = [list(h.parameters()) for h in self.model.heads] if self.lower_level else None
         params = list(self.model.parameters()) + [p for p in self.agg.parameters() if p.requires_grad]
         self.optimizer = _optimizer(t, params)
         self.scheduler = _scheduler(t.get("scheduler") or {"name": "none"}, self.optimizer, self.epochs)
@@ -204,10 +206,9 @@ class SupervisedTrainer:
         diag = self.diagnostics_every > 0 and self.step % self.diagnostics_every == 0
         shared = self.model.shared_parameters()
         last = self._last_layer_grads(losses) if diag else None
-        heads = [list(h.parameters()) for h in self.model.heads] if self.lower_level else None
         info = aggregators.backward(list(losses), shared, self.agg, features=z if self.mode == "rep" else None,
                                     diagnostics=diag, task_names=names, per_task=self.per_task,
-                                    task_grads=self.task_grads, heads=heads, representation=z)
+                                    task_grads=self.task_grads, heads=self.heads, representation=z)
         self.last_layer = None if last is None else _last_layer_scalars(last, names)
         self.optimizer.step()
         if self.after_step:  # FAMO: the losses of the updated model on the same batch
