@@ -96,6 +96,22 @@ class MultiTaskVecEnv(abc.ABC):
     def step(self, actions: np.ndarray) -> StepResult:
         """Step every task with ``actions`` (k, act_dim); see :class:`StepResult`."""
 
+    def step_async(self, actions: np.ndarray) -> None:
+        """Start a step with ``actions``; :meth:`step_wait` returns its result.  An env
+        whose tasks run in other processes steps them in between, while the caller works;
+        in-process envs (this default) step in ``step_wait``.  The result is the same."""
+        if getattr(self, "_pending", None) is not None:
+            raise RuntimeError("step_async() twice without step_wait()")
+        self._pending = np.asarray(actions)
+
+    def step_wait(self) -> StepResult:
+        """The result of the step started by :meth:`step_async`."""
+        actions = getattr(self, "_pending", None)
+        if actions is None:
+            raise RuntimeError("step_wait() without step_async()")
+        self._pending = None
+        return self.step(actions)
+
     def close(self) -> None:
         """Release the environment's resources."""
 

@@ -50,6 +50,7 @@ from functools import partial
 from importlib import metadata
 from typing import Any, Iterator
 
+import gymnasium as gym
 import numpy as np
 
 from .base import MultiTaskVecEnv, StepResult
@@ -57,6 +58,7 @@ from .base import MultiTaskVecEnv, StepResult
 PROTOCOLS = ("paper", "metaworld3")
 REWARD_VERSIONS = ("v2", "v1")
 PAPER_EPISODE_LENGTH = 150
+VECTOR_STRATEGIES = ("sync", "async")
 
 
 @contextlib.contextmanager
@@ -94,6 +96,9 @@ class MetaWorldVecEnv(MultiTaskVecEnv):
             env RNGs.
         reward_version: "v2" (default) or "v1".
         num_goals: goal variants drawn per task (package default 50).
+        vector: ``"sync"`` (all tasks in this process) or ``"async"`` (one subprocess per
+            task, gymnasium's ``AsyncVectorEnv``): the same transitions either way, and with
+            ``step_async`` / ``step_wait`` the tasks step while the caller works.
     """
 
     def __init__(
@@ -103,14 +108,16 @@ class MetaWorldVecEnv(MultiTaskVecEnv):
         seed: int = 0,
         reward_version: str = "v2",
         num_goals: int = 50,
+        vector: str = "sync",
     ):
-        import gymnasium as gym
         import metaworld  # registers the Meta-World/* ids
 
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
         if reward_version not in REWARD_VERSIONS:
             raise ValueError(f"unknown reward_version {reward_version!r}; valid: {', '.join(REWARD_VERSIONS)}")
+        if vector not in VECTOR_STRATEGIES:
+            raise ValueError(f"unknown vector strategy {vector!r}; valid: {', '.join(VECTOR_STRATEGIES)}")
         if int(num_goals) < 1:
             raise ValueError(f"num_goals must be >= 1, got {num_goals}")
         multi = benchmark in ("MT10", "MT50")
@@ -130,15 +137,14 @@ class MetaWorldVecEnv(MultiTaskVecEnv):
         same_step = gym.vector.AutoresetMode.SAME_STEP
         with _goal_variants(num_goals):
             if multi:
-                vec = gym.make_vec(f"Meta-World/{benchmark}", vector_strategy="sync", autoreset_mode=same_step, **env_kwargs)
+                vec = gym.make_vec(f"Meta-World/{benchmark}", vector_strategy=vector, autoreset_mode=same_step, **env_kwargs)
             else:
                 # The registered Meta-World/MT1 id is a single-env entry point: gym.make would
                 # add its env checker and turn max_episode_steps into an extra outer TimeLimit.
                 # make_mt_envs(<task>) is what the MT10/MT50 vector builds for each task.
-                vec = gym.vector.SyncVectorEnv(
-                    [partial(metaworld.make_mt_envs, benchmark, env_id=0, **env_kwargs)],
-                    autoreset_mode=same_step,
-                )
+                vectorizer = gym.vector.AsyncVectorEnv if vector == "async" else gym.vector.SyncVectorEnv
+                vec = vectorizer([partial(metaworld.make_mt_envs, benchmark, env_id=0, **env_kwargs)],
+                                 autoreset_mode=same_step)
         self._vec = vec
         if paper:
             # Choose each task's one goal now; the pseudorandom wrapper keeps it on resets.
@@ -150,10 +156,10 @@ class MetaWorldVecEnv(MultiTaskVecEnv):
         self.act_dim = int(np.prod(vec.single_action_space.shape))
         self.action_low = np.asarray(vec.single_action_space.low, dtype=np.float32)
         self.action_high = np.asarray(vec.single_action_space.high, dtype=np.float32)
-        limits = {e.get_wrapper_attr("_max_episode_steps") for e in vec.envs}
+        limits = set(vec.get_attr("_max_episode_steps"))
         assert len(limits) == 1, f"tasks with different episode lengths: {limits}"
         self.max_episode_steps = limits.pop()
-        path_length = min(e.unwrapped.max_path_length for e in vec.envs)
+        path_length = min(vec.get_attr("max_path_length"))
         assert self.max_episode_steps <= path_length, "episodes would step past MetaWorld's max_path_length"
 
         name = benchmark.lower() if multi else f"mt1:{benchmark}"
@@ -188,23 +194,37 @@ class MetaWorldVecEnv(MultiTaskVecEnv):
 
     def goal_positions(self) -> np.ndarray:
         """(k, 3) goal position of each task's current episode."""
-        return np.stack([np.asarray(e.unwrapped._target_pos, dtype=np.float64) for e in self._vec.envs])
+        return np.stack([np.asarray(p, dtype=np.float64) for p in self._vec.get_attr("_target_pos")])
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         if seed is not None:
             # MetaWorld ignores reset(seed=...); the package seeds through SawyerXYZEnv.seed,
             # with the same seed for every task (as make_mt_envs does at construction).
-            for e in self._vec.envs:
-                e.unwrapped.seed(int(seed))
+            self._vec.call("seed", int(seed))
         obs, _ = self._vec.reset()
         self._needs_reset = False
         return np.asarray(obs, dtype=np.float32)
 
+    @property
+    def _is_async(self) -> bool:
+        return isinstance(self._vec, gym.vector.AsyncVectorEnv)
+
     def step(self, actions: np.ndarray) -> StepResult:
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
-        a = self._prepare_actions(actions)
-        obs, reward, terminated, truncated, info = self._vec.step(a)
+        return self._result(*self._vec.step(self._prepare_actions(actions)))
+
+    def step_async(self, actions: np.ndarray) -> None:
+        if not self._is_async:
+            return super().step_async(actions)
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step()")
+        self._vec.step_async(self._prepare_actions(actions))
+
+    def step_wait(self) -> StepResult:
+        return self._result(*self._vec.step_wait()) if self._is_async else super().step_wait()
+
+    def _result(self, obs, reward, terminated, truncated, info) -> StepResult:
         terminated = np.asarray(terminated, dtype=bool)
         truncated = np.asarray(truncated, dtype=bool)
         done = terminated | truncated

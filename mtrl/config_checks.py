@@ -108,6 +108,7 @@ RL_RULES = {
     "agent.target_entropy": Number(optional=True),
     "agent.grad_clip": Number(0, optional=True),
     "performance.source": Choice(("eval", "train_window")),
+    "env.vector": Choice(("auto", "sync", "async")),
     "train.per_task_grads": Choice(PATHS),
     "train.task_grads": Choice(TASK_GRADS),
     "performance.window": Int(1),

@@ -12,7 +12,8 @@ the config that continues it:
 
 * ``untracked`` keys do not change what a run computes (logging and checkpoint intervals,
   the device string, the data path) or legitimately grow it (``train.steps`` /
-  ``train.epochs`` to extend a run): they are not in the hash, and may change on resume;
+  ``train.epochs`` to extend a run; ``env.vector``: the same transitions from
+  subprocesses): they are not in the hash, and may change on resume;
 * ``resumable`` keys are part of the identity (a sweep over them gives one directory per
   value) but may change when the user resumes a directory explicitly
   (``hydra.run.dir=...``): the learning rate after a non-finite stop.
@@ -45,7 +46,7 @@ class KeyPolicy:
 
 
 RL_KEYS = KeyPolicy(
-    untracked=frozenset({"device", "train.steps", "train.log_every", "train.diagnostics_every",
+    untracked=frozenset({"device", "env.vector", "train.steps", "train.log_every", "train.diagnostics_every",
                          "train.checkpoint_every", "train.checkpoint_minutes", "train.max_nonfinite"}),
     resumable=frozenset({"agent.lr", "agent.actor_lr", "agent.critic_lr", "agent.alpha_lr"}),
     in_path=frozenset({"env", "agent", "aggregator", "seed", "sweep"}),

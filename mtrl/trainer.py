@@ -1,7 +1,9 @@
 """The multi-task SAC training loop.
 
-One *step* is one step of the vector env of all k tasks (k transitions) followed by one
-update (after ``seed_steps`` steps of uniform random actions).  Episodes of all tasks
+One *step* is one step of the vector env of all k tasks (k transitions) and one update
+(after ``seed_steps`` steps of uniform random actions).  The action is computed first; the
+update then runs while the envs simulate the step (``env.vector=async``: in subprocesses),
+on a batch of the transitions before it.  Episodes of all tasks
 run in lock step; evaluation and checkpoints happen at episode boundaries, and every
 episode starts from ``env.reset(seed=f(run seed, episode index))``, so a run resumed from
 a checkpoint continues exactly as the uninterrupted run would have (bit-identical on CPU).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -36,7 +39,11 @@ from .evaluation import evaluate, success_drops
 from .metrics_log import RunLogger
 from .replay import ReplayBuffer
 
-CHECKPOINT_FORMAT = 3
+#: format 4: the update of a step runs while the step's transition is being simulated
+#: (it samples the transitions before it), so a format-3 run would continue differently
+CHECKPOINT_FORMAT = 4
+#: ``env.vector: auto`` steps MetaWorld in subprocesses from this many cores
+ASYNC_MIN_CORES = 4
 
 
 class NonFiniteError(RuntimeError):
@@ -62,11 +69,28 @@ def prepare_config(cfg: dict) -> dict:
     return cfg
 
 
-def build_env(env_cfg: dict, seed: int, protocol: str | None = None):
-    """The env of an ``env`` config (``protocol`` replaces the config's when given)."""
+def vector_strategy(env_cfg: dict) -> str:
+    """``env.vector`` resolved: ``auto`` steps MetaWorld's tasks in subprocesses where the
+    machine has at least :data:`ASYNC_MIN_CORES` cores for this process, in-process envs
+    (point_mass) in this process."""
+    choice = env_cfg.get("vector", "auto")
+    in_process = str(env_cfg["name"]).strip().lower() == "point_mass"
+    if in_process and choice == "async":
+        raise ConfigError("point_mass steps in this process: env.vector must be sync or auto, got 'async'")
+    if choice != "auto":
+        return choice
+    return "async" if not in_process and len(os.sched_getaffinity(0)) >= ASYNC_MIN_CORES else "sync"
+
+
+def build_env(env_cfg: dict, seed: int, protocol: str | None = None, vector: str = "sync"):
+    """The env of an ``env`` config (``protocol`` replaces the config's when given;
+    ``vector``: ``sync`` or ``async``, see :func:`vector_strategy`)."""
+    kwargs = dict(env_cfg.get("kwargs", {}))
+    if vector != "sync":
+        kwargs["vector"] = vector
     try:
         return envs.make_env(env_cfg["name"], protocol=protocol or env_cfg["protocol"], seed=seed,
-                             reward_version=env_cfg.get("reward_version", "v2"), **env_cfg.get("kwargs", {}))
+                             reward_version=env_cfg.get("reward_version", "v2"), **kwargs)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -127,7 +151,8 @@ class Trainer:
 
         self._seed_everything(self.seed)
         e = cfg["env"]
-        self.env = build_env(e, self.seed)
+        self.vector = vector_strategy(e)
+        self.env = build_env(e, self.seed, vector=self.vector)
         self.eval_env = build_env(e, self.seed)
         k = self.env.num_tasks
         expected = e.get("num_tasks")
@@ -370,13 +395,17 @@ class Trainer:
                         with torch.no_grad():
                             action = self.agent.act(torch.as_tensor(obs, device=self.device), deterministic=False)
                         action = action.cpu().numpy()
-                    res = self.env.step(action)
+                    # The step's update runs while its transition is simulated (in subprocesses
+                    # with env.vector=async): it samples the transitions before this one, in
+                    # either strategy, so both give the same run.
+                    self.env.step_async(action)
+                    self.step += 1
+                    if self.step >= self.seed_steps and self.buffer.size > 0:
+                        self._update()
+                    res = self.env.step_wait()
                     self.buffer.add(obs, action, res.reward, res.next_obs, res.terminated)
                     obs = res.obs
                     hit |= res.success.astype(bool)
-                    self.step += 1
-                    if self.step >= self.seed_steps:
-                        self._update()
                     bar.update()
                     if self.step >= self.total_steps or bool(np.all(res.terminated | res.truncated)):
                         break

@@ -212,6 +212,46 @@ def test_mt10_paper_interface_and_time_limit(mt10):
     np.testing.assert_array_equal(env.goal_positions(), goals)
 
 
+def _fields(res: StepResult) -> tuple:
+    return (res.next_obs, res.reward, res.terminated, res.truncated, res.success, res.obs)
+
+
+def test_mt10_async_steps_the_same_transitions_in_subprocesses(mt10):
+    """env.vector=async: one subprocess per task, the same transitions (bit for bit) as the
+    in-process vector, across an episode boundary and a seeded reset; step_async lets the
+    caller work while the tasks step."""
+    fast = make_env("mt10", protocol="paper", seed=0, vector="async")
+    try:
+        assert fast.task_names == mt10.task_names and fast.protocol == mt10.protocol
+        np.testing.assert_array_equal(fast.goal_positions(), mt10.goal_positions())
+        actions = np.random.default_rng(3).uniform(-1, 1, (160, 10, 4))
+        np.testing.assert_array_equal(fast.reset(seed=11), mt10.reset(seed=11))
+        for t, a in enumerate(actions):
+            fast.step_async(a)
+            ref = mt10.step(a)
+            got = fast.step_wait()
+            for x, y in zip(_fields(got), _fields(ref)):
+                np.testing.assert_array_equal(x, y)
+            assert got.truncated.all() == (t == 149)
+        with pytest.raises(ValueError, match="unknown vector strategy"):
+            make_env("mt10", vector="threads")
+    finally:
+        fast.close()
+
+
+def test_step_async_then_wait_is_step():
+    a, b = make_env("point_mass", seed=1), make_env("point_mass", seed=1)
+    a.reset(seed=2), b.reset(seed=2)
+    act = np.full((a.num_tasks, a.act_dim), 0.3, dtype=np.float32)
+    with pytest.raises(RuntimeError, match="without step_async"):
+        a.step_wait()
+    a.step_async(act)
+    with pytest.raises(RuntimeError, match="twice"):
+        a.step_async(act)
+    for x, y in zip(_fields(a.step_wait()), _fields(b.step(act))):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_mt1_paper_seeding_and_fixed_goal():
     actions = np.random.default_rng(1).uniform(-1, 1, (40, 1, 4))
     a = make_env("mt1:reach-v3", seed=5)

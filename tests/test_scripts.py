@@ -58,3 +58,20 @@ def test_bench_update_script_prints_ratios(capsys):
     assert ("sb3 mtl_sac" in out) == bench.sb3_available()
     with pytest.raises(SystemExit):
         bench.main(["--batches", "256"])    # not a multiple of k = 10
+
+
+def test_bench_train_script_times_the_loop(tmp_path, capsys):
+    rows_path = tmp_path / "rows.json"
+    _script("bench_train").main(["--experiment", "point_mass_quick", "--methods", "ls", "pivrg", "--steps", "30",
+                                 "--warmup", "5", "--seed-steps", "20", "--json", str(rows_path),
+                                 "agent.hidden=16", "agent.layers=1", "train.batch_size=40"])
+    out = capsys.readouterr().out
+    assert "2M h" in out and "pivrg" in out
+    import json
+    rows = json.loads(rows_path.read_text())
+    assert [r["method"] for r in rows] == ["ls", "pivrg"]
+    for r in rows:
+        assert r["steps"] == 30 and r["vector"] == "sync"
+        step_ms = 1e3 / r["steps_per_s"]
+        assert 0 < r["update_ms"] + r["env_wait_ms"] <= step_ms and 0 < r["sim_share"] < 1
+        assert r["protocol_hours"] == pytest.approx(2e6 * step_ms / 1e3 / 3600)

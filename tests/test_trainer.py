@@ -63,6 +63,48 @@ def test_resume_continues_bit_identically(tmp_path):
     assert [r["omega"] for r in fa] == [r["omega"] for r in fb]
 
 
+def test_each_update_samples_the_transitions_before_its_step(tmp_path):
+    """The update of step s runs while step s is simulated: it sees s - 1 transitions."""
+    tr = Trainer(point_mass_cfg("ls", steps=560, seed_steps=520, eval_every=10**6), tmp_path)
+    seen, update = [], tr._update
+    tr._update = lambda: (seen.append((tr.step, tr.buffer.size)), update())[1]
+    tr.train()
+    assert seen == [(s, s - 1) for s in range(520, 561)]
+
+
+def _mt1_cfg(vector: str) -> dict:
+    cfg = point_mass_cfg("pivrg", steps=200, seed_steps=100, batch_size=32, eval_every=200, eval_episodes=1,
+                         checkpoint_every=200, diagnostics_every=50)
+    cfg["env"] = {"name": "mt1:reach-v3", "protocol": "paper", "reward_version": "v2", "vector": vector}
+    cfg["agent"] = {"kind": "mh_sac", "hidden": 32, "layers": 1}
+    return cfg
+
+
+def test_async_envs_give_the_same_run_as_sync(tmp_path):
+    runs = {}
+    for vector in ("sync", "async"):
+        tr = Trainer(_mt1_cfg(vector), tmp_path / vector)
+        assert tr.vector == vector
+        tr.train()
+        runs[vector] = (_params(tr), tr.last_eval["returns"])
+        tr.close()
+    (pa, ra), (pb, rb) = runs["sync"], runs["async"]
+    assert ra == rb and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_vector_strategy(monkeypatch):
+    from mtrl import trainer
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(trainer.ASYNC_MIN_CORES)))
+    assert trainer.vector_strategy({"name": "mt10", "vector": "auto"}) == "async"
+    assert trainer.vector_strategy({"name": "point_mass", "vector": "auto"}) == "sync"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(trainer.ASYNC_MIN_CORES - 1)))
+    assert trainer.vector_strategy({"name": "mt10"}) == "sync"
+    assert trainer.vector_strategy({"name": "mt10", "vector": "async"}) == "async"
+    with pytest.raises(ConfigError, match="point_mass steps in this process"):
+        trainer.vector_strategy({"name": "point_mass", "vector": "async"})
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     ckpt = tmp_path / "checkpoints" / "latest.pt"
     ckpt.parent.mkdir(parents=True)
