@@ -76,7 +76,8 @@ def make_env(
 
     ``seed`` is the run's seed (for MetaWorld's ``paper`` protocol it also fixes the goals:
     build the evaluation env with the same seed).  ``kwargs`` go to the env class
-    (``PointMassEnv``: num_tasks, episode_length, ...; ``MetaWorldVecEnv``: num_goals).
+    (``PointMassEnv``: num_tasks, episode_length, ...; ``MetaWorldVecEnv``: num_goals,
+    vector="sync"|"async").
     Unknown names, protocols, reward versions or kwargs raise ValueError.
     """
     if protocol not in PROTOCOLS:

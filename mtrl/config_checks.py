@@ -82,6 +82,7 @@ RL_RULES = {
     "seed": Int(0),
     "train.steps": Int(1),
     "train.seed_steps": Int(0),
+    "train.initial_updates": Int(1),
     "train.batch_size": Int(1),
     "train.buffer_size": Int(1),
     "train.eval_every": Int(1),

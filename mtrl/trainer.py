@@ -140,6 +140,9 @@ class Trainer:
         t = cfg["train"]
         self.total_steps = int(t["steps"])
         self.seed_steps = int(t["seed_steps"])
+        #: the first update needs two transitions; it runs ``initial_updates`` updates
+        self.first_update = max(self.seed_steps, 2)
+        self.initial_updates = int(t.get("initial_updates", 1))
         self.batch_size = int(t["batch_size"])
         self.eval_every = int(t["eval_every"])
         self.eval_episodes = int(t["eval_episodes"])
@@ -280,7 +283,15 @@ class Trainer:
         u = torch.rand((k, a), generator=self.action_gen, dtype=torch.float64).numpy()
         return (self.env.action_low + u * (self.env.action_high - self.env.action_low)).astype(np.float32)
 
-    def _update(self) -> None:
+    def _updates(self) -> None:
+        """The step's update; at the first update step, ``initial_updates`` of them (the
+        reference code's burst of ``seed_steps`` updates on the random transitions)."""
+        n = self.initial_updates if self.step == self.first_update else 1
+        for i in (range(n) if n == 1 else tqdm(range(n), desc="initial updates", unit="update", leave=False,
+                                                dynamic_ncols=True, mininterval=1.0)):
+            self._update(log=i == n - 1)
+
+    def _update(self, log: bool = True) -> None:
         batch = self.buffer.sample(self.batch_size, self.sample_gen)
         info = self.agent.update(batch)
         skipped = any(float(info.get(f"skipped_{c}", 0)) for c in COMPONENTS)
@@ -297,6 +308,8 @@ class Trainer:
                 )
             return
         self.nonfinite_in_row = 0
+        if not log:
+            return
         if self.step % self.log_every == 0:
             self.log.scalars(self._loggable(info), self.step)
         if self.diagnostics_every > 0 and self.step % self.diagnostics_every == 0:
@@ -400,8 +413,8 @@ class Trainer:
                     # either strategy, so both give the same run.
                     self.env.step_async(action)
                     self.step += 1
-                    if self.step >= self.seed_steps and self.buffer.size > 0:
-                        self._update()
+                    if self.step >= self.first_update:
+                        self._updates()
                     res = self.env.step_wait()
                     self.buffer.add(obs, action, res.reward, res.next_obs, res.terminated)
                     obs = res.obs
@@ -432,12 +445,17 @@ class Trainer:
         self.eval_env.close()
 
 
-def format_success_table(record: dict, best: float | None = None) -> str:
-    """The per-task success table printed at the end of a run (and by the evaluator)."""
+def format_success_table(record: dict, evaluations: list[dict] | None = None) -> str:
+    """The per-task success table of ``record`` printed at the end of a run (and by the
+    evaluator); with the run's ``evaluations``, the best mean success over training and
+    the step of its first evaluation."""
     width = max(len(t) for t in record["tasks"])
     lines = [f"{'task':<{width}}  success", "-" * (width + 9)]
     lines += [f"{t:<{width}}  {s:7.2f}" for t, s in zip(record["tasks"], record["success"])]
     lines.append("-" * (width + 9))
-    note = f"   (best over training: {best:.2f}, step {record['step']})" if best is not None else ""
-    lines.append(f"{'mean':<{width}}  {record['mean_success']:7.2f}{note}")
+    note = f"   (step {record['step']:,}"
+    if evaluations:
+        best = max(evaluations, key=lambda r: r["mean_success"])   # the first of equal ones
+        note += f"; best over training: {best['mean_success']:.2f} at step {best['step']:,}"
+    lines.append(f"{'mean':<{width}}  {record['mean_success']:7.2f}{note})")
     return "\n".join(lines)

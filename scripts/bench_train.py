@@ -77,7 +77,7 @@ class Timed:
 def run_one(args, method: str, vector: str) -> dict:
     overrides = [f"aggregator={method}", f"device={args.device}", f"env.vector={vector}",
                  f"train.steps={args.seed_steps + args.warmup + args.steps - 1}", f"train.seed_steps={args.seed_steps}",
-                 "train.eval_every=100000000", "train.checkpoint_every=100000000", *args.override]
+                 "train.initial_updates=1", "train.eval_every=100000000", "train.checkpoint_every=100000000", *args.override]
     cfg = compose(args.experiment, overrides)
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         trainer = Trainer(cfg, tmp)

@@ -99,7 +99,7 @@ def main() -> None:
             finally:
                 trainer.close()
             if record is not None:
-                print(format_success_table(record, trainer.best_mean_success))
+                print(format_success_table(record, trainer.evaluations))
 
         launch.run_directory(run_dir, config, policy=RL_KEYS, prepare=prepare_config, length="steps", sweep=sweep, body=train)
 

@@ -64,12 +64,14 @@ def test_resume_continues_bit_identically(tmp_path):
 
 
 def test_each_update_samples_the_transitions_before_its_step(tmp_path):
-    """The update of step s runs while step s is simulated: it sees s - 1 transitions."""
-    tr = Trainer(point_mass_cfg("ls", steps=560, seed_steps=520, eval_every=10**6), tmp_path)
+    """The update of step s runs while step s is simulated: it sees s - 1 transitions; the
+    first update step runs ``initial_updates`` updates (the reference's burst)."""
+    tr = Trainer(point_mass_cfg("ls", steps=560, seed_steps=520, eval_every=10**6, initial_updates=3), tmp_path)
     seen, update = [], tr._update
-    tr._update = lambda: (seen.append((tr.step, tr.buffer.size)), update())[1]
+    tr._update = lambda log=True: (seen.append((tr.step, tr.buffer.size, log)), update(log))[1]
     tr.train()
-    assert seen == [(s, s - 1) for s in range(520, 561)]
+    # the first update step runs initial_updates of them (logging once)
+    assert seen == [(520, 519, False), (520, 519, False)] + [(s, s - 1, True) for s in range(520, 561)]
 
 
 def _mt1_cfg(vector: str) -> dict:
@@ -150,6 +152,10 @@ def test_bad_configs_raise_config_errors(tmp_path):
     for bad in ({"task_grads": "mine"}, {"per_task_grads": "vmap"}):
         with pytest.raises(ConfigError, match="train.(task_grads|per_task_grads) must be one of"):
             Trainer(point_mass_cfg(**bad), tmp_path)
+    with pytest.raises(ConfigError, match="train.initial_updates"):
+        prepare_config(point_mass_cfg(initial_updates=0))
+    with pytest.raises(ConfigError, match="env.vector must be one of"):
+        prepare_config({**point_mass_cfg(), "env": {**point_mass_cfg()["env"], "vector": "threads"}})
 
 
 def test_the_trainer_records_what_task_parameters_receive(tmp_path):
@@ -252,3 +258,15 @@ def test_pivrg_fed_from_a_window_of_training_episodes(tmp_path):
     assert torch.allclose(agg.delta_m, expected.double())
     with pytest.raises(ConfigError, match="source"):
         Trainer({**cfg, "performance": {"source": "test"}}, tmp_path / "x")
+
+
+def test_success_table_names_the_best_evaluation_and_its_step():
+    from mtrl.trainer import format_success_table
+
+    evals = [{"step": s, "tasks": ["reach-v3", "push-v3"], "success": list(x), "mean_success": sum(x) / 2}
+             for s, x in ((1000, (0, 0)), (7050, (1, 1)), (9000, (1, 1)), (11000, (1, 0)))]
+    table = format_success_table(evals[-1], evals)
+    assert table.splitlines()[2].split() == ["reach-v3", "1.00"]
+    assert table.splitlines()[-1].split() == ["mean", "0.50", "(step", "11,000;", "best", "over", "training:",
+                                              "1.00", "at", "step", "7,050)"]
+    assert "best" not in format_success_table(evals[-1])
