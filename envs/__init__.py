@@ -26,7 +26,7 @@ import inspect
 import operator
 
 from .base import MultiTaskVecEnv, StepResult
-from .metaworld_env import PROTOCOLS, REWARD_VERSIONS, MetaWorldVecEnv, metaworld_task_names
+from .metaworld_env import PROTOCOLS, REWARD_VERSIONS, VECTOR_STRATEGIES, MetaWorldVecEnv, metaworld_task_names
 from .point_mass import PointMassEnv
 
 ENV_NAMES = ("point_mass", "mt10", "mt50", "mt1:<task>")
@@ -39,9 +39,11 @@ __all__ = [
     "MultiTaskVecEnv",
     "PointMassEnv",
     "StepResult",
+    "VECTOR_STRATEGIES",
     "make_env",
     "metaworld_task_names",
     "task_count",
+    "vector_strategies",
 ]
 
 
@@ -63,6 +65,12 @@ def task_count(name: str, **kwargs) -> int:
     if key.startswith("mt1:"):
         return 1
     raise ValueError(f"unknown env {name!r}; valid: {', '.join(ENV_NAMES)} (e.g. mt1:reach-v3)")
+
+
+def vector_strategies(name: str) -> tuple[str, ...]:
+    """The ``vector`` strategies ``make_env(name)`` accepts: MetaWorld steps its tasks in
+    this process (``"sync"``) or in subprocesses (``"async"``); point_mass in this process."""
+    return ("sync",) if str(name).strip().lower() == "point_mass" else VECTOR_STRATEGIES
 
 
 def make_env(

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import aggregators
+import envs
 from aggregators.engine import PATHS, TASK_GRADS
 
 from .configuration import ConfigError, aggregator_config
@@ -109,7 +110,7 @@ RL_RULES = {
     "agent.target_entropy": Number(optional=True),
     "agent.grad_clip": Number(0, optional=True),
     "performance.source": Choice(("eval", "train_window")),
-    "env.vector": Choice(("auto", "sync", "async")),
+    "env.vector": Choice(("auto", *envs.VECTOR_STRATEGIES)),
     "train.per_task_grads": Choice(PATHS),
     "train.task_grads": Choice(TASK_GRADS),
     "performance.window": Int(1),

@@ -65,21 +65,22 @@ def prepare_config(cfg: dict) -> dict:
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
     config_checks.check_task_split(cfg, k)
+    vector_strategy(e)              # a strategy the env cannot take, before the run directory
     component_aggregators(cfg, k)   # the methods' needs against the SAC losses, before any work
     return cfg
 
 
 def vector_strategy(env_cfg: dict) -> str:
-    """``env.vector`` resolved: ``auto`` steps MetaWorld's tasks in subprocesses where the
-    machine has at least :data:`ASYNC_MIN_CORES` cores for this process, in-process envs
-    (point_mass) in this process."""
+    """``env.vector`` resolved: ``auto`` steps the tasks in subprocesses where the env can
+    (MetaWorld) and the machine has at least :data:`ASYNC_MIN_CORES` cores for this
+    process, else in this process; a strategy the env cannot take is a ConfigError."""
     choice = env_cfg.get("vector", "auto")
-    in_process = str(env_cfg["name"]).strip().lower() == "point_mass"
-    if in_process and choice == "async":
-        raise ConfigError("point_mass steps in this process: env.vector must be sync or auto, got 'async'")
-    if choice != "auto":
-        return choice
-    return "async" if not in_process and len(os.sched_getaffinity(0)) >= ASYNC_MIN_CORES else "sync"
+    allowed = envs.vector_strategies(env_cfg["name"])
+    if choice == "auto":
+        return "async" if "async" in allowed and len(os.sched_getaffinity(0)) >= ASYNC_MIN_CORES else "sync"
+    if choice not in allowed:
+        raise ConfigError(f"{env_cfg['name']} steps in this process: env.vector must be sync or auto, got {choice!r}")
+    return choice
 
 
 def build_env(env_cfg: dict, seed: int, protocol: str | None = None, vector: str = "sync"):

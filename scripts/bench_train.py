@@ -37,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import envs  # noqa: E402
 from mtrl.trainer import Trainer  # noqa: E402
 
 PROTOCOL_STEPS = 2_000_000
@@ -105,7 +106,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", default="mt10_paper", help="the config whose shapes are timed")
     p.add_argument("--methods", nargs="+", default=["ls", "pivrg"])
-    p.add_argument("--vector", nargs="+", default=["auto"], choices=["auto", "sync", "async"])
+    p.add_argument("--vector", nargs="+", default=["auto"], choices=["auto", *envs.VECTOR_STRATEGIES])
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=300, help="timed steps (one update each) per configuration")
     p.add_argument("--warmup", type=int, default=30, help="updates before timing starts")

@@ -154,6 +154,8 @@ def test_bad_configs_raise_config_errors(tmp_path):
             Trainer(point_mass_cfg(**bad), tmp_path)
     with pytest.raises(ConfigError, match="train.initial_updates"):
         prepare_config(point_mass_cfg(initial_updates=0))
+    with pytest.raises(ConfigError, match="point_mass steps in this process"):   # before the run directory
+        prepare_config({**point_mass_cfg(), "env": {**point_mass_cfg()["env"], "vector": "async"}})
     with pytest.raises(ConfigError, match="env.vector must be one of"):
         prepare_config({**point_mass_cfg(), "env": {**point_mass_cfg()["env"], "vector": "threads"}})
 
