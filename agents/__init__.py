@@ -11,10 +11,12 @@ import no aggregator and nothing of ``mtrl``.
 """
 
 from .networks import KINDS, Actor, Critic, StackedMLP, mlp_forward, squashed_gaussian
-from .sac import (COMPONENTS, Backward, MultiTaskSAC, SumBackward, Temperature, actor_losses, critic_losses,
-                  temperature_losses)
+from .rollback import Rollback
+from .sac import (COMPONENTS, NONFINITE_SKIPS, Backward, MultiTaskSAC, SumBackward, Temperature, actor_losses,
+                  critic_losses, temperature_losses)
 
 __all__ = [
-    "COMPONENTS", "KINDS", "Actor", "Backward", "Critic", "MultiTaskSAC", "StackedMLP", "SumBackward",
+    "COMPONENTS", "KINDS", "NONFINITE_SKIPS", "Actor", "Backward", "Critic", "MultiTaskSAC", "Rollback",
+    "StackedMLP", "SumBackward",
     "Temperature", "actor_losses", "critic_losses", "mlp_forward", "squashed_gaussian", "temperature_losses",
 ]

@@ -23,9 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from .networks import KINDS, Actor, Critic, squashed_gaussian
+from .rollback import Rollback, place_step_counts
 
 __all__ = [
     "COMPONENTS",
+    "NONFINITE_SKIPS",
     "Backward",
     "MultiTaskSAC",
     "SumBackward",
@@ -38,6 +40,9 @@ __all__ = [
 #: the components, in update order; each has its own backward and optimiser
 COMPONENTS = ("critic", "actor", "alpha")
 BATCH_KEYS = ("obs", "action", "reward", "next_obs", "done")
+#: where the skip of a non-finite update is decided: ``host`` (one sync per component)
+#: or ``device`` (a masked step, :class:`agents.rollback.Rollback`; no sync)
+NONFINITE_SKIPS = ("host", "device")
 
 
 # ---------------------------------------------------------------------------------------
@@ -73,13 +78,23 @@ def temperature_losses(temperature: "Temperature", entropy_gap: Tensor) -> Tenso
 class Backward(Protocol):
     """What a component's backward does: fill ``.grad`` of ``shared`` and ``task`` from the
     losses (k,), given the shared linear layers of the forward (``records``).  The result
-    has ``losses``, ``weights`` (or None), ``gram`` (or None) and ``finite`` (False: nothing
-    was written, the update is skipped).  ``step(recompute)`` runs after the component's
-    optimiser step (the backward's own parameters and state; ``recompute()`` gives the
-    losses of the updated parameters where it needs them).  ``state_dict`` /
-    ``load_state_dict`` / ``to`` as for a module."""
+    has ``losses``, ``weights`` (or None), ``gram`` (or None) and ``finite``.  With
+    ``device_skip=False``, ``finite`` is a bool (False: nothing was written, the update is
+    skipped).  With ``device_skip=True`` it is a 0-dim bool tensor, decided without a host
+    sync, and the gradients written are zero where it is false; the agent then undoes the
+    step where it is false, including the backward's own state, ``state_tensors()`` (the
+    live tensors by name).  ``host_state()`` names the state a device-side skip cannot
+    restore (Python values; empty: the backward supports it).  ``step(recompute)`` runs
+    after the component's optimiser step (the backward's own parameters and state;
+    ``recompute()`` gives the losses of the updated parameters where it needs them).
+    ``state_dict`` / ``load_state_dict`` / ``to`` as for a module."""
 
-    def __call__(self, losses: Tensor, shared: list[Tensor], task: list[Tensor], records: list): ...
+    def __call__(self, losses: Tensor, shared: list[Tensor], task: list[Tensor], records: list,
+                 device_skip: bool = False): ...
+
+    def state_tensors(self) -> dict[str, Tensor]: ...
+
+    def host_state(self) -> list[str]: ...
 
     def step(self, recompute: Callable[[], Tensor]) -> None: ...
 
@@ -91,23 +106,32 @@ class PlainUpdate:
     losses: Tensor
     weights: Tensor | None = None
     gram: Tensor | None = None
-    finite: bool = True
+    finite: bool | Tensor = True
 
 
 class SumBackward:
     """The plain backward of ``sum_i l_i`` (MTL-SAC without aggregation); a non-finite
     loss or gradient skips the update."""
 
-    def __call__(self, losses: Tensor, shared: list[Tensor], task: list[Tensor], records: list) -> PlainUpdate:
+    def __call__(self, losses: Tensor, shared: list[Tensor], task: list[Tensor], records: list,
+                 device_skip: bool = False) -> PlainUpdate:
         params = [*shared, *task]
         grads = torch.autograd.grad(losses.sum(), params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-        norms = torch.stack([losses.detach().sum(), *torch._foreach_norm(grads)])
-        if not bool(torch.isfinite(norms).all()):
+        ok = torch.isfinite(torch.stack([losses.detach().sum(), *torch._foreach_norm(grads)])).all()
+        if device_skip:
+            grads = [torch.where(ok, g, torch.zeros_like(g)) for g in grads]
+        elif not bool(ok):
             return PlainUpdate(losses.detach(), finite=False)
         for p, g in zip(params, grads):
             p.grad = g
-        return PlainUpdate(losses.detach())
+        return PlainUpdate(losses.detach(), finite=ok if device_skip else True)
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return {}
+
+    def host_state(self) -> list[str]:
+        return []
 
     def step(self, recompute: Callable[[], Tensor]) -> None:
         pass
@@ -181,7 +205,13 @@ class MultiTaskSAC:
         backward: one :class:`Backward` per component ``{"critic", "actor", "alpha"}``
             (distinct objects: they keep per-component state), or None: the plain
             backward of the summed losses everywhere (:class:`SumBackward`).
-        device: where parameters live.
+        nonfinite_skip: where a component's non-finite update is skipped (see
+            :data:`NONFINITE_SKIPS`): ``"host"`` reads the finite flag (one sync per
+            component); ``"device"`` steps on zeroed gradients and undoes the step on the
+            device (:class:`~agents.rollback.Rollback`), with the same result.  It needs
+            backwards whose state is all tensors (``host_state()`` empty).
+        device: where parameters live.  On CUDA the optimisers are capturable (their step
+            counts on the device).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, kind: str = "mh_sac", *,
@@ -192,10 +222,13 @@ class MultiTaskSAC:
                  betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
                  discount: float = 0.99, tau: float = 0.005, init_temperature: float = 1.0,
                  target_entropy: float | None = None, grad_clip: float | None = None,
-                 backward: Mapping[str, Backward] | None = None,
+                 backward: Mapping[str, Backward] | None = None, nonfinite_skip: str = "host",
                  device: str | torch.device = "cpu"):
         if kind not in KINDS:
             raise ValueError(f"unknown agent kind {kind!r}; valid: {', '.join(KINDS)}")
+        if nonfinite_skip not in NONFINITE_SKIPS:
+            raise ValueError(f"nonfinite_skip must be one of {', '.join(NONFINITE_SKIPS)}, got {nonfinite_skip!r}")
+        self.device_skip = nonfinite_skip == "device"
         self.obs_dim, self.act_dim, self.num_tasks, self.kind = obs_dim, act_dim, num_tasks, kind
         self.discount, self.tau = float(discount), float(tau)
         self.target_entropy = float(-act_dim if target_entropy is None else target_entropy)
@@ -214,6 +247,12 @@ class MultiTaskSAC:
         self.temperature = Temperature(num_tasks, shared_alpha, init_temperature).to(self.device)
 
         self.backward = self._check_backward(backward)
+        if self.device_skip:
+            held = {c: b.host_state() for c, b in self.backward.items() if b.host_state()}
+            if held:
+                raise ValueError("a device-side skip cannot restore host state: "
+                                 + "; ".join(f"{c}: {', '.join(h)}" for c, h in held.items())
+                                 + " (skip on the host instead)")
 
         opt = dict(betas=tuple(betas), eps=adam_eps)
         self.optimizers = {
@@ -221,6 +260,8 @@ class MultiTaskSAC:
             "actor": torch.optim.Adam(self.actor.parameters(), lr=actor_lr or lr, **opt),
             "alpha": torch.optim.Adam(self.temperature.parameters(), lr=alpha_lr or lr, **opt),
         }
+        for o in self.optimizers.values():
+            place_step_counts(o)
 
     # -- construction helpers -------------------------------------------------------------
     @staticmethod
@@ -296,7 +337,9 @@ class MultiTaskSAC:
         backward computed it (diagnostics, not a scalar to log), ``alpha`` (k,) after the
         step, ``entropy`` (k,) = -mean log pi, ``target_q`` (k,) mean soft Bellman target.
         A component whose losses or gradients are not finite is skipped (no step, grads
-        cleared); a skipped critic also skips the target update.
+        cleared); a skipped critic also skips the target update.  With the device-side skip
+        ``skipped_{c}`` is a 0-dim bool tensor, and nothing in the update reads a device
+        value on the host.
         """
         obs, act, rew, next_obs, done = self._unpack(batch)
         target, noise = self.prepare(obs, rew, next_obs, done)
@@ -317,8 +360,10 @@ class MultiTaskSAC:
         self._component_update("alpha", lambda rec: temperature_losses(self.temperature, gap),
                                self.temperature.shared_params(), self.temperature.task_params(), logs)
 
-        if not logs["skipped_critic"]:
-            self._soft_update_target()
+        if self.device_skip:   # the target moves by tau where the critic stepped, else by 0
+            self._soft_update_target(self.tau * (~logs["skipped_critic"]).to(target.dtype))
+        elif not logs["skipped_critic"]:
+            self._soft_update_target(self.tau)
 
         logs["alpha"] = self.alpha().detach()
         logs["entropy"] = -logp.mean(-1)
@@ -333,15 +378,17 @@ class MultiTaskSAC:
             p.grad = None
         backward.zero_grad()
         records: list = []
-        info = backward(losses_fn(records), list(shared.values()), list(task.values()), records)
+        rollback = Rollback(lambda: self._step_state(name, params)) if self.device_skip else None
+        info = backward(losses_fn(records), list(shared.values()), list(task.values()), records,
+                        device_skip=self.device_skip)
         logs[f"{name}_loss"] = info.losses
-        if not info.finite:
+        if rollback is None and not info.finite:
             for p in params:
                 p.grad = None
             backward.zero_grad()
             logs[f"skipped_{name}"] = 1
             return
-        logs[f"skipped_{name}"] = 0
+        logs[f"skipped_{name}"] = 0 if rollback is None else ~info.finite
         if info.weights is not None:
             logs[f"{name}_weights"] = info.weights.detach().clone()
         if info.gram is not None:
@@ -355,12 +402,25 @@ class MultiTaskSAC:
                 return losses_fn(None)
 
         backward.step(recompute)
+        if rollback is not None:
+            rollback.unless(info.finite)
+
+    def _step_state(self, name: str, params: list[Tensor]) -> dict[str, Tensor]:
+        """Every tensor a component's step changes, by name: its parameters, their
+        optimiser state and the backward's own state."""
+        out = {f"param.{i}": p for i, p in enumerate(params)}
+        opt_state = self.optimizers[name].state
+        for i, p in enumerate(params):
+            out.update({f"opt.{i}.{key}": v for key, v in opt_state.get(p, {}).items() if torch.is_tensor(v)})
+        out.update({f"backward.{key}": v for key, v in self.backward[name].state_tensors().items()})
+        return out
 
     @torch.no_grad()
-    def _soft_update_target(self) -> None:
+    def _soft_update_target(self, tau: float | Tensor) -> None:
         target = list(self.critic_target.parameters())
         source = list(self.critic.parameters())
-        torch._foreach_lerp_(target, source, self.tau)
+        # a tensor tau: one weight per tensor (the 0-dim-tensor overload reads it on the host)
+        torch._foreach_lerp_(target, source, [tau] * len(target) if torch.is_tensor(tau) else tau)
 
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -389,6 +449,8 @@ class MultiTaskSAC:
             o.load_state_dict(state["optimizers"][c])
         for c, b in self.backward.items():
             b.load_state_dict(state["backward"][c])
+        for o in self.optimizers.values():
+            place_step_counts(o)
 
     def to(self, device: str | torch.device) -> "MultiTaskSAC":
         """Move parameters, buffers and optimiser moments (parameter objects are kept, so the
@@ -401,6 +463,7 @@ class MultiTaskSAC:
                 for key, v in st.items():
                     if torch.is_tensor(v) and key != "step":
                         st[key] = v.to(self.device)
+            place_step_counts(o)
         return self
 
     def modules(self) -> dict[str, nn.Module]:

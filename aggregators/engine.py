@@ -66,8 +66,14 @@ Non-finite losses or gradients (``nonfinite``):
 * ``"raise"`` raises ``ValueError`` naming the tasks, before any ``.grad`` is written;
 * ``"skip"`` writes nothing and returns ``finite=False``; RL skips such an update and
   counts it.
+* ``"mask"`` decides on the device, never on the host: ``finite`` is a 0-dim bool tensor,
+  every gradient written is ``where(finite, g, 0)``, and a non-finite Gram matrix, ``G``
+  or loss vector reaches the aggregator replaced by a harmless one (identity, zeros,
+  ones) so that no solver fails on it.  The caller makes its step a no-op where
+  ``finite`` is false and restores the aggregator's state (``agents.sac`` does: the
+  device-side skip of an update with no host synchronisation).
 
-The check synchronises with the device once per call.  The aggregator's own input checks
+``"raise"`` and ``"skip"`` synchronise with the device once per call.  The aggregator's own input checks
 are turned off inside the call, so a ``pi_*`` wrapper does not check a second time.
 
 A registry name builds a fresh aggregator at every call.  That suits methods without
@@ -100,7 +106,7 @@ PATHS = ("auto", "split", "batched", "loop")
 #: what task parameters receive
 TASK_GRADS = ("weighted", "own")
 #: what a non-finite loss or gradient does
-NONFINITE = ("raise", "skip")
+NONFINITE = ("raise", "skip", "mask")
 
 
 @dataclass
@@ -119,7 +125,8 @@ class BackwardResult:
     task_names: tuple[str, ...]
     diagnostics: dict[str, Tensor] | None = None  # see :func:`backward`
     gram: Tensor | None = None            # (k, k) float64 M = G G^T where it was computed
-    finite: bool = True                   # False: nonfinite="skip" found NaN/inf, nothing written
+    finite: bool | Tensor = True          # False: nonfinite="skip" found NaN/inf, nothing written;
+                                          # "mask": a 0-dim bool tensor (False: zeros written)
     path: str = ""                        # "loss-only", "split", "batched", "loop", "no-shared"
 
     def log_dict(self) -> dict[str, float]:
@@ -155,16 +162,34 @@ class _Call:
     retain_graph: bool                    # keep the graph after the last backward
     path: str                             # "split", "batched" or "loop"
     own: bool                             # task parameters get the gradient of sum_i l_i
-    skip: bool                            # nonfinite="skip"
+    nonfinite: str                        # "raise", "skip" or "mask"
     records: list[tuple] = field(default_factory=list)
     heads: list[list[Tensor]] | None = None
     representation: list[Tensor] = field(default_factory=list)
+    ok: Tensor | None = None              # "mask": the device flag, all checks so far
+
+    @property
+    def masked(self) -> bool:
+        return self.nonfinite == "mask"
+
+    def agg_losses(self) -> Tensor:
+        """The detached losses the aggregator sees ("mask": ones where not finite)."""
+        losses = self.losses.detach()
+        return torch.where(torch.isfinite(losses), losses, torch.ones_like(losses)) if self.masked else losses
+
+    def safe(self, x: Tensor | None, fill: str = "zeros") -> Tensor | None:
+        """``x`` for the aggregator: under "mask", the identity (``fill="eye"``, a Gram
+        matrix) or zeros where the checks so far failed, so no solver sees NaN/inf."""
+        if x is None or not self.masked:
+            return x
+        other = torch.eye(x.shape[0], dtype=x.dtype, device=x.device) if fill == "eye" else torch.zeros_like(x)
+        return torch.where(self.ok, x, other)
 
     def result(self, weights, norm, gram=None, cosines=None, path=None) -> BackwardResult:
         diagnostics = _diagnostics(gram, cosines) if self.want_diagnostics else None
         return BackwardResult(self.losses.detach(), weights, norm.detach().to(torch.float64), self.names,
                               diagnostics, None if gram is None else gram.detach().to(torch.float64),
-                              path=path or self.path)
+                              finite=self.ok if self.masked else True, path=path or self.path)
 
 
 def backward(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, shared: nn.Module | Iterable[Tensor],
@@ -195,7 +220,7 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, shared: n
             autograd graph that finds them and checks which losses reach what (the trainers'
             hot path).  Default: every leaf the losses reach that is not shared.
         task_grads: ``"weighted"`` or ``"own"``: what the task parameters receive.
-        nonfinite: ``"raise"`` or ``"skip"`` (see the module docstring).
+        nonfinite: ``"raise"``, ``"skip"`` or ``"mask"`` (see the module docstring).
         per_task: ``"auto"``, ``"split"``, ``"batched"`` or ``"loop"`` (see the module
             docstring).  The loop is faster where the model's backward ops have no batching
             rules and vmap runs them task by task; this was measured on the QM9 MPNN's GRU
@@ -248,7 +273,7 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, shared: n
         _check_records(records, params, len(names))
     lower = heads is not None and agg.has_lower_level
     call = _Call(names, loss_vec, agg, params, others, feats, diagnostics, retain_graph, path,
-                 task_grads == "own", nonfinite == "skip", records if path == "split" else [])
+                 task_grads == "own", nonfinite, records if path == "split" else [])
     if lower:
         call.heads = _heads(heads, len(names))
         call.representation = _features(representation) if representation is not None else feats
@@ -296,7 +321,7 @@ def _no_shared(call: _Call) -> BackwardResult:
     without trunk): nothing to aggregate, one backward of ``sum_i l_i``."""
     grads = _grad(call.losses.sum(), call.others, call.retain_graph)
     _check_finite(call, None, grads)
-    _accumulate(call.others, grads)
+    _accumulate(call, call.others, grads)
     zero = torch.zeros((), dtype=torch.float64, device=call.losses.device)
     return call.result(None, zero, path="no-shared")
 
@@ -317,7 +342,7 @@ def _loss_only(call: _Call, chunk_numel: int | None) -> BackwardResult:
         grads += _grad(call.losses.sum(), call.others, call.retain_graph)
         first = first + call.others
     _check_finite(call, None if gram is None else gram.diagonal(), grads)
-    _accumulate(first, grads)
+    _accumulate(call, first, grads)
     norm = _total_norm(grads[:len(call.params)])
     w = agg.weights
     cos = None if gram is None else diag.direction_cosines_from_gram(gram, w)
@@ -336,8 +361,9 @@ def _full(call: _Call) -> BackwardResult:
         gram = functools.reduce(torch.add, [b.gram() for b in blocks])
     Gd = None if by_gram else _join(blocks).detach()
     _check_finite(call, gram.diagonal() if gram is not None else _row_max(Gd))
+    gram, Gd = call.safe(gram, "eye"), call.safe(Gd)
     if by_gram:
-        w = agg.gram_weights(gram, call.losses.detach())
+        w = agg.gram_weights(gram, call.agg_losses())
         parts = [b.direction(w).view(q.shape) for b, q in zip(blocks, call.params)]
         norm = _weighted_norm(gram, w)
     else:
@@ -347,8 +373,8 @@ def _full(call: _Call) -> BackwardResult:
         norm = torch.linalg.vector_norm(d)
     others = own if own is not None else _others_grads(call, w)
     _check_finite(call, None, [*others, *parts])
-    _accumulate(call.params, parts)
-    _accumulate(call.others, others)
+    _accumulate(call, call.params, parts)
+    _accumulate(call, call.others, others)
     cos = None
     if call.want_diagnostics:
         exact_gram = w is not None and not agg.needs_graph  # d = w^T G exactly
@@ -360,16 +386,16 @@ def _low_memory(call: _Call, chunk_numel: int) -> BackwardResult:
     """``M`` summed over parameter chunks, weights from it, one backward of sum_i w_i l_i."""
     gram = _chunked_gram(call, call.params, chunk_numel)
     _check_finite(call, gram.diagonal())
-    return _gram_weighted_backward(call, gram)
+    return _gram_weighted_backward(call, call.safe(gram, "eye"))
 
 
 def _gram_weighted_backward(call: _Call, gram: Tensor) -> BackwardResult:
     """Weights from the (checked) Gram matrix ``M``, then one backward of
     ``sum_i w_i l_i`` fills every gradient (``d = w^T G`` without ``G``)."""
-    w = call.agg.gram_weights(gram, call.losses.detach())
+    w = call.agg.gram_weights(gram, call.agg_losses())
     grads = _weighted_grads(call, w)
     _check_finite(call, None, grads)
-    _accumulate([*call.params, *call.others], grads)
+    _accumulate(call, [*call.params, *call.others], grads)
     cos = diag.direction_cosines_from_gram(gram, w) if call.want_diagnostics else None
     return call.result(w, _weighted_norm(gram, w), gram, cos)
 
@@ -385,6 +411,7 @@ def _feature_level(call: _Call) -> BackwardResult:
     Gd = Gz.detach()
     gram = Gd @ Gd.T if isinstance(agg, GramWeighting) or call.want_diagnostics else None
     _check_finite(call, gram.diagonal() if gram is not None else _row_max(Gd))
+    gram, Gd = call.safe(gram, "eye"), call.safe(Gd)
     if isinstance(agg, GramWeighting) and not agg.needs_graph:
         return _gram_weighted_backward(call, gram)
     w, d = _aggregate(call, Gd, gram)
@@ -393,8 +420,8 @@ def _feature_level(call: _Call) -> BackwardResult:
                                 retain_graph=True, allow_unused=True)
     others = _others_grads(call, w)
     _check_finite(call, None, [*trunk, *others])
-    _accumulate(call.params, trunk)
-    _accumulate(call.others, others)
+    _accumulate(call, call.params, trunk)
+    _accumulate(call, call.others, others)
     cos = diag.direction_cosines(Gd, d) if call.want_diagnostics else None
     return call.result(w, torch.linalg.vector_norm(d), gram, cos)
 
@@ -414,7 +441,7 @@ def _lower_level(call: _Call, rep_grads: Tensor) -> None:
         part = slice(offset, offset + len(head))
         task = torch.cat([g.flatten() for g in own[part]])
         ext = agg.clip_extra_grad(torch.cat([g.flatten() for g in extra[part]]), task)
-        _accumulate(head, _split_flat(task + ext, head))
+        _accumulate(call, head, _split_flat(task + ext, head))
         offset += len(head)
 
 
@@ -579,9 +606,9 @@ def _add_penalty(call: _Call, d: Tensor, G: Tensor, inputs: list[Tensor]) -> Ten
 def _aggregate(call: _Call, G: Tensor, gram: Tensor | None) -> tuple[Tensor | None, Tensor]:
     """``(w, d)``: Gram-matrix methods take w from the given ``M``; others return d only."""
     if isinstance(call.agg, GramWeighting):
-        w = call.agg.gram_weights(gram, call.losses.detach())
+        w = call.agg.gram_weights(gram, call.agg_losses())
         return w, w.to(G.dtype) @ G
-    return None, call.agg(G, call.losses.detach())
+    return None, call.agg(G, call.agg_losses())
 
 
 def _per_task(call: _Call, inputs: list[Tensor], create_graph: bool = False) -> list[Tensor]:
@@ -668,12 +695,15 @@ def _method_params(agg: Aggregator) -> list[Tensor]:
     return [q for q in agg.parameters() if q.requires_grad]
 
 
-def _accumulate(tensors: list[Tensor], grads) -> None:
-    """``t.grad += g`` (or ``= g``) as an ordinary backward does; ``None`` grads skipped."""
+def _accumulate(call: _Call, tensors: list[Tensor], grads) -> None:
+    """``t.grad += g`` (or ``= g``) as an ordinary backward does; ``None`` grads skipped;
+    under "mask", ``where(ok, g, 0)``."""
     for t, g in zip(tensors, grads):
         if g is None:
             continue
         g = g.to(t.dtype)
+        if call.masked:
+            g = torch.where(call.ok, g, torch.zeros_like(g))
         if t.grad is None:
             t.grad = g
         else:
@@ -730,7 +760,8 @@ def _unchecked(agg: Aggregator):
 def _check_finite(call: _Call, grad_rows: Tensor | None, grads=(), direction: Tensor | None = None) -> None:
     """One sync: NaN/inf in a loss, in a per-task gradient (``grad_rows`` (k,): finite iff
     task i's gradient is), in the gradients about to be written or in the direction.
-    ``"raise"`` names the tasks; ``"skip"`` aborts the call before anything is written."""
+    ``"raise"`` names the tasks; ``"skip"`` aborts the call before anything is written;
+    ``"mask"`` folds the flag into ``call.ok`` on the device (no sync)."""
     flags = [torch.isfinite(call.losses.detach())]
     if grad_rows is not None:
         flags.append(torch.isfinite(grad_rows))
@@ -740,9 +771,12 @@ def _check_finite(call: _Call, grad_rows: Tensor | None, grads=(), direction: Te
     if extra:
         flags.append(torch.isfinite(torch.stack(torch._foreach_norm(extra)).sum()).reshape(1))
     ok = torch.cat([f.reshape(-1) for f in flags])
+    if call.masked:
+        call.ok = ok.all() if call.ok is None else call.ok & ok.all()
+        return
     if bool(ok.all()):
         return
-    if call.skip:
+    if call.nonfinite == "skip":
         raise _Skip
     bad_loss = [n for n, good in zip(call.names, flags[0].tolist()) if not good]
     if bad_loss:

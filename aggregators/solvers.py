@@ -9,12 +9,14 @@ never synchronises with the host.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import scipy.linalg
 import torch
 from torch import Tensor
 
-__all__ = ["alpha_fair_weights", "stabilised_gram"]
+__all__ = ["alpha_fair_weights", "device_form", "stabilised_gram"]
 
 #: relative ridge on the diagonal; keeps Pareto-stationary (singular) systems bounded
 RIDGE = 1e-12
@@ -54,6 +56,10 @@ class _NumpyOps:
     def steps(n, like):
         return np.concatenate([2.0 ** -np.arange(n), [0.0]])
 
+    @staticmethod
+    def row(x, i):
+        return x[i]
+
 
 class _TorchOps:
     on_host = False
@@ -84,11 +90,32 @@ class _TorchOps:
         s = torch.pow(2.0, -torch.arange(n, dtype=like.dtype, device=like.device))
         return torch.cat([s, torch.zeros(1, dtype=like.dtype, device=like.device)])
 
+    @staticmethod
+    def row(x, i):
+        # x[i] with a 0-dim index tensor would read i on the host
+        return x.index_select(0, i.reshape(1))[0]
+
+
+_DEVICE_FORM_EVERYWHERE = False
+
+
+@contextlib.contextmanager
+def device_form():
+    """Solve in the device form (torch, fixed iterations, no host reads) on the CPU too:
+    what a GPU runs, checkable without one."""
+    global _DEVICE_FORM_EVERYWHERE
+    saved, _DEVICE_FORM_EVERYWHERE = _DEVICE_FORM_EVERYWHERE, True
+    try:
+        yield
+    finally:
+        _DEVICE_FORM_EVERYWHERE = saved
+
 
 def _backend(x: Tensor):
-    """(ops, array) for a float64 tensor: NumPy on the CPU, torch elsewhere."""
+    """(ops, array) for a float64 tensor: NumPy on the CPU, torch elsewhere (and inside
+    :func:`device_form`)."""
     x = x.detach().to(torch.float64)
-    if x.device.type == "cpu":
+    if x.device.type == "cpu" and not _DEVICE_FORM_EVERYWHERE:
         return _NumpyOps, x.numpy()
     return _TorchOps, x
 
@@ -187,7 +214,7 @@ def alpha_fair_weights(
         w_init = (_backend(init)[1] if ops is _NumpyOps else init.to(m)) * scale ** expo
         cands.append(best_on_ray(ops.where(w_init > 0, w_init, 1.0 + 0.0 * w_init)))
     cands = ops.stack(cands)
-    w = cands[_fair_objective(ops, cands, m, p, a).argmin()]
+    w = ops.row(cands, _fair_objective(ops, cands, m, p, a).argmin())
 
     steps = ops.steps(21, m)
     for _ in range(max_iter):
@@ -203,7 +230,7 @@ def alpha_fair_weights(
         # many orders of magnitude): accept the full Newton step when it does not raise f
         # beyond that error, otherwise the best step of the line search (steps[-1] = 0).
         noise = 1e-10 * (abs(0.5 * (w @ mw)) + abs(f[-1]))
-        w = ops.where(f[0] <= f[-1] + noise, trial[0], trial[f.argmin()])
+        w = ops.where(f[0] <= f[-1] + noise, trial[0], ops.row(trial, f.argmin()))
         if ops.on_host and not float(abs(delta / w).max()) >= tol:  # converged (or NaN step)
             break
     w = w * scale ** (-expo)

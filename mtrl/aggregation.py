@@ -16,7 +16,10 @@ The engine options:
   gradient of ``sum_i l_i``.  Scaling it by the method's weight ``w_i`` would only change
   that head's effective step size, which Adam normalises away; the weights are there to
   arbitrate the shared parameters.
-* ``nonfinite="skip"``: a non-finite update is skipped and counted, never raised.
+* ``nonfinite="skip"``: a non-finite update is skipped and counted, never raised;
+  ``"mask"`` where the agent skips on the device (``device_skip=True``: the flag stays a
+  device tensor, and the agent's :class:`~agents.rollback.Rollback` restores the
+  aggregator's state, :meth:`ComponentBackward.state_tensors`).
 * ``per_task``: ``"auto"`` takes the task-split path (``A_i^T delta_i`` per shared layer,
   at the cost of one backward) from the layers the agent's forward records.
 """
@@ -30,13 +33,27 @@ from torch import Tensor, nn
 
 import aggregators
 from agents import COMPONENTS
+from agents.rollback import place_step_counts
 from aggregators import Aggregator, BackwardResult, needs_after_step
 
-__all__ = ["AGGREGATOR_LR", "ComponentBackward", "component_backwards"]
+__all__ = ["AGGREGATOR_LR", "ComponentBackward", "component_backwards", "host_state"]
 
 #: learning rate of the aggregators' own learnable parameters (UW log-variances, GradNorm
 #: logits), Adam; 0.025 as in the Nash-MTL / FAMO reference code
 AGGREGATOR_LR = 0.025
+
+
+def host_state(aggregator: Aggregator) -> list[str]:
+    """The aggregator's state that is not a tensor (a Python counter or flag, a random
+    generator), as ``"<name>.<attribute>"``: a device-side skip cannot restore it without
+    reading the finite flag on the host.  Empty: the method supports the device-side skip."""
+    held = []
+    for key, v in aggregator.state_dict().items():
+        if torch.is_tensor(v) or (isinstance(v, dict) and not v):
+            continue
+        module = key.removesuffix("_extra_state").rstrip(".")   # "" (the aggregator's own) or "rng"
+        held += [module] if module else list(v)
+    return [f"{aggregator.name}.{h}" for h in held]
 
 
 class ComponentBackward(nn.Module):
@@ -53,9 +70,25 @@ class ComponentBackward(nn.Module):
         self.optimizer = torch.optim.Adam(params, lr=lr) if params else None
         self._after_step = needs_after_step(aggregator)
 
-    def forward(self, losses: Tensor, shared: list[Tensor], task: list[Tensor], records: list) -> BackwardResult:
+    def forward(self, losses: Tensor, shared: list[Tensor], task: list[Tensor], records: list,
+                device_skip: bool = False) -> BackwardResult:
         return aggregators.backward(losses, shared, self.aggregator, task_params=task, task_grads=self.task_grads,
-                                    nonfinite="skip", per_task=self.per_task, linear_records=records)
+                                    nonfinite="mask" if device_skip else "skip", per_task=self.per_task,
+                                    linear_records=records)
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The live tensors of the aggregator's state and of its optimiser, by name."""
+        out = {f"aggregator.{key}": v for key, v in self.aggregator.state_dict(keep_vars=True).items()
+               if torch.is_tensor(v)}
+        if self.optimizer is not None:
+            for i, p in enumerate(self.optimizer.param_groups[0]["params"]):
+                out.update({f"optimizer.{i}.{key}": v for key, v in self.optimizer.state.get(p, {}).items()
+                            if torch.is_tensor(v)})
+        return out
+
+    def host_state(self) -> list[str]:
+        """See :func:`host_state`."""
+        return host_state(self.aggregator)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if self.optimizer is not None:
@@ -79,6 +112,7 @@ class ComponentBackward(nn.Module):
             raise ValueError("checkpoint's aggregator has different learnable parameters than this one")
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+            place_step_counts(self.optimizer)
 
     def to(self, *args, **kwargs) -> "ComponentBackward":
         super().to(*args, **kwargs)
@@ -87,6 +121,7 @@ class ComponentBackward(nn.Module):
                 for key, v in st.items():
                     if torch.is_tensor(v) and key != "step":
                         st[key] = v.to(*args, **kwargs)
+            place_step_counts(self.optimizer)
         return self
 
 

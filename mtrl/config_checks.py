@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import aggregators
 import envs
+from agents import NONFINITE_SKIPS
 from aggregators.engine import PATHS, TASK_GRADS
 
 from .configuration import ConfigError, aggregator_config
@@ -93,6 +94,7 @@ RL_RULES = {
     "train.diagnostics_every": Int(0),
     "train.log_every": Int(1),
     "train.max_nonfinite": Int(1),
+    "train.nonfinite_skip": Choice(("auto", *NONFINITE_SKIPS)),
     "agent.hidden": Int(1),
     "agent.layers": Int(1),
     "agent.critic_hidden": Int(1, optional=True),

@@ -26,11 +26,11 @@ import torch
 from tqdm import tqdm
 
 import envs
-from agents import COMPONENTS, MultiTaskSAC
+from agents import COMPONENTS, NONFINITE_SKIPS, MultiTaskSAC
 from aggregators import diagnostics
 
 from . import config_checks
-from .aggregation import ComponentBackward
+from .aggregation import ComponentBackward, host_state
 from .checkpoint import CheckpointError, load, save_atomic
 from .host_memory import keep_freed_memory
 from .configuration import ConfigError, build_aggregator, resolve_device
@@ -38,6 +38,7 @@ from .run_identity import RL_KEYS, check_continuation
 from .evaluation import evaluate, success_drops
 from .metrics_log import RunLogger
 from .replay import ReplayBuffer
+from .skip_count import SkipCount
 
 #: format 4: the update of a step runs while the step's transition is being simulated
 #: (it samples the transitions before it), so a format-3 run would continue differently
@@ -66,8 +67,24 @@ def prepare_config(cfg: dict) -> dict:
         raise ConfigError(str(exc)) from None
     config_checks.check_task_split(cfg, k)
     vector_strategy(e)              # a strategy the env cannot take, before the run directory
-    component_aggregators(cfg, k)   # the methods' needs against the SAC losses, before any work
+    aggs = component_aggregators(cfg, k)   # the methods' needs against the SAC losses, before any work
+    nonfinite_skip(cfg, resolve_device(str(cfg.get("device", "auto"))), aggs)
     return cfg
+
+
+def nonfinite_skip(cfg: dict, device: torch.device, aggs: dict) -> str:
+    """``train.nonfinite_skip`` resolved: ``auto`` skips a non-finite update on the device
+    (no host sync in the update) on CUDA where every component's aggregator keeps its state
+    in tensors, else on the host (on the CPU a sync costs nothing); ``device`` with an
+    aggregator that keeps host state is a ConfigError."""
+    choice = cfg["train"].get("nonfinite_skip", "auto")
+    held = [h for agg in aggs.values() for h in host_state(agg)]
+    if choice == "auto":
+        return "device" if device.type == "cuda" and not held else "host"
+    if choice == "device" and held:
+        raise ConfigError(f"train.nonfinite_skip=device cannot restore the host state of {', '.join(held)}; "
+                          "use train.nonfinite_skip=host or auto")
+    return choice
 
 
 def vector_strategy(env_cfg: dict) -> str:
@@ -96,9 +113,10 @@ def build_env(env_cfg: dict, seed: int, protocol: str | None = None, vector: str
         raise ConfigError(str(exc)) from None
 
 
-def build_agent(cfg: dict, env, device: torch.device) -> MultiTaskSAC:
+def build_agent(cfg: dict, env, device: torch.device, nonfinite_skip: str = "host") -> MultiTaskSAC:
     """The run's agent for ``env`` (also used to load a saved run for evaluation), handed
-    one :class:`~mtrl.aggregation.ComponentBackward` per component."""
+    one :class:`~mtrl.aggregation.ComponentBackward` per component; ``nonfinite_skip``:
+    see :func:`nonfinite_skip`."""
     aggs = component_aggregators(cfg, env.num_tasks)
     t = cfg.get("train", {})
     backward = {c: ComponentBackward(aggs[c], t.get("task_grads", "own"), t.get("per_task_grads", "auto"))
@@ -106,7 +124,8 @@ def build_agent(cfg: dict, env, device: torch.device) -> MultiTaskSAC:
     a = dict(cfg["agent"])
     kind = a.pop("kind")
     try:
-        return MultiTaskSAC(env.obs_dim, env.act_dim, env.num_tasks, kind=kind, backward=backward, device=device, **a)
+        return MultiTaskSAC(env.obs_dim, env.act_dim, env.num_tasks, kind=kind, backward=backward,
+                            nonfinite_skip=nonfinite_skip, device=device, **a)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"agent config: {str(exc).splitlines()[0]}") from None
 
@@ -175,7 +194,9 @@ class Trainer:
         self.train_success: list[list[float]] = []
         self.fed_success: list[float] | None = None
 
-        self.agent = build_agent(cfg, self.env, self.device)
+        #: where a non-finite update is skipped: "host" or "device" (no sync in the update)
+        self.nonfinite_skip = nonfinite_skip(cfg, self.device, component_aggregators(cfg, k))
+        self.agent = build_agent(cfg, self.env, self.device, self.nonfinite_skip)
         #: the aggregator of each component (the agent holds them inside its backwards)
         self.aggregators = {c: b.aggregator for c, b in self.agent.backward.items()}
         self.buffer = ReplayBuffer(k, self.env.obs_dim, self.env.act_dim, int(t["buffer_size"]), self.device)
@@ -183,8 +204,7 @@ class Trainer:
         self.action_gen = torch.Generator().manual_seed(self.seed + 2)
         self.step = 0
         self.episode = 0
-        self.nonfinite_in_row = 0
-        self.nonfinite_total = 0
+        self.skips = SkipCount(self.max_nonfinite)
         self.best_mean_success = -math.inf
         self.last_eval = None
         #: every evaluation record written so far (saved in the checkpoint: metrics.jsonl is restored from it)
@@ -210,6 +230,7 @@ class Trainer:
         torch.manual_seed(seed)
 
     def _state(self) -> dict:
+        self._read_skips()
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg,
@@ -225,7 +246,7 @@ class Trainer:
                 "sample": self.sample_gen.get_state(),
                 "action": self.action_gen.get_state(),
             },
-            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_total": self.skips.total,
             "best_mean_success": self.best_mean_success,
             "last_eval": self.last_eval,
             "evaluations": self.evaluations,
@@ -262,7 +283,7 @@ class Trainer:
         random.setstate(rng["python"])
         self.sample_gen.set_state(rng["sample"])
         self.action_gen.set_state(rng["action"])
-        self.nonfinite_total = int(state["nonfinite_total"])
+        self.skips = SkipCount(self.max_nonfinite, int(state["nonfinite_total"]))
         self.best_mean_success = float(state["best_mean_success"])
         self.last_eval = state["last_eval"]
         self.evaluations = list(state["evaluations"])
@@ -295,23 +316,19 @@ class Trainer:
     def _update(self, log: bool = True) -> None:
         batch = self.buffer.sample(self.batch_size, self.sample_gen)
         info = self.agent.update(batch)
-        skipped = any(float(info.get(f"skipped_{c}", 0)) for c in COMPONENTS)
-        if skipped:
-            self.nonfinite_in_row += 1
-            self.nonfinite_total += 1
-            self.log.scalars({"train/nonfinite_updates": self.nonfinite_total}, self.step)
-            if self.nonfinite_in_row >= self.max_nonfinite:
-                raise NonFiniteError(
-                    f"{self.nonfinite_in_row} consecutive updates had non-finite losses or gradients "
-                    f"(step {self.step}); the last good checkpoint is {self.ckpt_path}. Lower the learning "
-                    f"rate (agent.lr, now {self.learning_rate:g}) or check the rewards, then resume this "
-                    f"run directory ({self.run_dir})"
-                )
+        flags = [info[f"skipped_{c}"] for c in COMPONENTS]
+        if self.agent.device_skip:   # counted on the device, read at log time
+            self.skips.add(torch.stack(flags).any())
+        elif any(flags):
+            self.skips.add(True)
+            self._read_skips()
             return
-        self.nonfinite_in_row = 0
+        else:
+            self.skips.add(False)
         if not log:
             return
         if self.step % self.log_every == 0:
+            self._read_skips()
             self.log.scalars(self._loggable(info), self.step)
         if self.diagnostics_every > 0 and self.step % self.diagnostics_every == 0:
             for c in COMPONENTS:
@@ -319,6 +336,22 @@ class Trainer:
                 if gram is not None and gram.shape[0] > 1:
                     self.log.scalars({f"diagnostics/{c}/{key}": v
                                       for key, v in diagnostics.summary(gram, is_gram=True).items()}, self.step)
+
+    def _read_skips(self) -> None:
+        """The skip counts on the host (the device-side skip's one sync, at log time): a
+        new skip is logged, and ``max_nonfinite`` consecutive ones stop the run."""
+        before = self.skips.total
+        self.skips.read()
+        if self.skips.total != before:
+            self.log.scalars({"train/nonfinite_updates": self.skips.total}, self.step)
+        if self.skips.exceeded:
+            raise NonFiniteError(
+                f"{self.skips.peak} consecutive updates had non-finite losses or gradients "
+                f"(by step {self.step}); the last good checkpoint is {self.ckpt_path}. Lower the learning "
+                f"rate (agent.lr, now {self.learning_rate:g}) or check the rewards, then resume this "
+                f"run directory ({self.run_dir})"
+            )
+        self.skips.reset_peak()
 
     def _loggable(self, info: dict) -> dict[str, float]:
         out = {}

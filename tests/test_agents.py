@@ -5,11 +5,14 @@ updates (small sizes, CPU)."""
 import copy
 import io
 import math
+import traceback
 
 import pytest
 import torch
 
 import aggregators
+import torch.utils._python_dispatch
+from aggregators import solvers
 from aggregators import needs_after_step
 from agents import KINDS, MultiTaskSAC, actor_losses, critic_losses
 from agents import sac as sac_module
@@ -295,3 +298,99 @@ def test_nan_reward_skips_the_critic_update(method):
         assert torch.equal(p, target[n]), n     # no target update after a skipped critic step
     assert all(torch.equal(s["step"], s0) for s, s0 in zip(agent.optimizers["critic"].state.values(), step))
     assert torch.isfinite(torch.cat([p.flatten() for p in agent.actor.parameters()])).all()
+
+
+# -- the device-side skip -------------------------------------------------------------------------------
+def _state(agent):
+    """Every tensor of the agent's state: networks, target, optimisers, backwards."""
+    out = {}
+
+    def walk(prefix, x):
+        if torch.is_tensor(x):
+            out[prefix] = x.detach().clone()
+        elif isinstance(x, dict):
+            for key, v in x.items():
+                walk(f"{prefix}.{key}", v)
+
+    walk("agent", {k: v for k, v in agent.state_dict().items() if k != "config"})
+    return out
+
+
+def _with_nan(seed, key):
+    batch = make_batch(seed)
+    batch[key][1, 2] = math.nan
+    return batch
+
+
+# non-finite at the first update (before any optimiser state), in the critic only (a reward),
+# in every component (an observation)
+NAN_RUN = [("obs", 0), (None, 1), (None, 2), ("reward", 3), (None, 4), ("obs", 5), (None, 6)]
+
+
+@pytest.mark.parametrize("method", [None, "ls", "pivrg", "uw", "cagrad", "aligned_mtl"])
+def test_device_side_skip_leaves_the_state_of_the_host_side_skip(method):
+    """Masked steps undone on the device give the host-side skip's parameters, target,
+    optimiser moments and step counts, aggregator state (UW's log-variances and their Adam,
+    PIVRG's warm start, Aligned-MTL's preferences) and skip flags, bit for bit."""
+    runs = {}
+    for skip in ("host", "device"):
+        agent = make_agent(aggregators=method, nonfinite_skip=skip)
+        torch.manual_seed(7)
+        flags = []
+        for key, seed in NAN_RUN:
+            logs = agent.update(make_batch(seed) if key is None else _with_nan(seed, key))
+            flags.append([bool(logs[f"skipped_{c}"]) for c in ("critic", "actor", "alpha")])
+        runs[skip] = (_state(agent), flags)
+    (host, host_flags), (device, device_flags) = runs["host"], runs["device"]
+    assert host_flags == device_flags
+    assert host_flags[0] == [True] * 3 and host_flags[3] == [True, False, False] and host_flags[5] == [True] * 3
+    assert host.keys() == device.keys()
+    for key in host:
+        assert torch.equal(host[key], device[key]), key
+
+
+def test_device_side_skip_refuses_an_aggregator_with_host_state():
+    with pytest.raises(ValueError, match="nash_mtl.step"):
+        make_agent(aggregators="nash_mtl", nonfinite_skip="device")
+
+
+class _NoHostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Fails on a read of a tensor's value by the host (``bool``, ``float``, ``.item()``),
+    the CPU's stand-in for ``torch.cuda.set_sync_debug_mode("error")``.  Reads inside
+    ``torch.optim`` are let through: on the CPU Adam's step count is a host value by design
+    (on CUDA the agent's optimisers are capturable)."""
+
+    READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+             torch.ops.aten.equal.default}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.READS and not any("torch/optim/" in f.filename for f in traceback.extract_stack()):
+            raise AssertionError(f"host read of a tensor value ({func})")
+        return func(*args, **(kwargs or {}))
+
+
+def _no_conversions(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("tensor converted to a host value (numpy / list)")
+    for name in ("numpy", "tolist", "__array__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+
+
+@pytest.mark.parametrize("method", [None, "ls", "pivrg", "fairgrad", "uw"])
+def test_the_update_reads_nothing_on_the_host_with_the_device_side_skip(method, monkeypatch):
+    agent = make_agent(aggregators=method, nonfinite_skip="device")
+    agent.update(make_batch(0))   # optimiser state exists
+    batch = _with_nan(1, "reward")
+    _no_conversions(monkeypatch)
+    with solvers.device_form(), _NoHostReads():
+        logs = agent.update(batch)
+        agent.update(make_batch(2))
+    monkeypatch.undo()
+    assert bool(logs["skipped_critic"]) and not bool(logs["skipped_actor"])
+
+
+def test_the_host_read_check_catches_the_host_side_skip():
+    agent = make_agent(aggregators="pivrg", nonfinite_skip="host")
+    agent.update(make_batch(0))
+    with solvers.device_form(), _NoHostReads(), pytest.raises(AssertionError, match="host read"):
+        agent.update(make_batch(1))

@@ -474,6 +474,42 @@ def test_nonfinite_gradient_with_finite_losses_is_skipped():
     assert not res.finite and all(p.grad is None for p in [*shared, *task])
 
 
+@pytest.mark.parametrize("name", ["pivrg", "pcgrad", "ls", "uw", "mgda", "cagrad"])
+@pytest.mark.parametrize("path", ["split", "batched"])
+def test_mask_writes_the_same_gradients_when_finite_and_zeros_when_not(name, path):
+    """``nonfinite="mask"``: bit-identical gradients for a finite update, a False device
+    flag and zero gradients for a non-finite one; the aggregator never sees NaN."""
+    fn, shared, task = sac_component("critic", "mh_sac", False)
+    params = [*shared, *task]
+    grads = {}
+    for mode in ("skip", "mask"):
+        for p in params:
+            p.grad = None
+        records = []
+        res = aggregators.backward(fn(records), shared, aggregators.make(name, K), task_params=task,
+                                   nonfinite=mode, per_task=path, linear_records=records)
+        grads[mode] = [p.grad.clone() for p in params]
+        assert res.finite is True if mode == "skip" else (torch.is_tensor(res.finite) and bool(res.finite))
+    assert all(torch.equal(a, b) for a, b in zip(grads["skip"], grads["mask"]))
+
+    for p in params:
+        p.grad = None
+    records = []
+    losses = fn(records) * torch.tensor([1.0, float("nan"), 1.0])
+    agg = aggregators.make(name, K)
+    seen = []
+    agg.register_forward_pre_hook(lambda module, args: seen.append(args))
+    if hasattr(agg, "weights_from_gram"):
+        inner = agg.weights_from_gram
+        agg.weights_from_gram = lambda gram, l=None: (seen.append((gram, l)), inner(gram, l))[1]
+    res = aggregators.backward(losses, shared, agg, task_params=task, nonfinite="mask", per_task=path,
+                               linear_records=records)
+    assert torch.is_tensor(res.finite) and res.finite.dim() == 0 and not bool(res.finite)
+    assert all(p.grad is not None and not p.grad.any() for p in params)
+    assert bool(seen) == agg.requires_grads   # loss-only methods combine the losses only
+    assert all(torch.isfinite(x).all() for args in seen for x in args if torch.is_tensor(x))
+
+
 def test_split_records_are_checked():
     fn, shared, task = sac_component("critic", "mh_sac", False)
     records = []

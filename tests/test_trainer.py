@@ -156,6 +156,10 @@ def test_bad_configs_raise_config_errors(tmp_path):
         prepare_config(point_mass_cfg(initial_updates=0))
     with pytest.raises(ConfigError, match="point_mass steps in this process"):   # before the run directory
         prepare_config({**point_mass_cfg(), "env": {**point_mass_cfg()["env"], "vector": "async"}})
+    with pytest.raises(ConfigError, match="nonfinite_skip=device cannot restore the host state of nash_mtl.step"):
+        prepare_config(point_mass_cfg("nash_mtl", nonfinite_skip="device"))
+    with pytest.raises(ConfigError, match="train.nonfinite_skip must be one of"):
+        prepare_config(point_mass_cfg(nonfinite_skip="gpu"))
     with pytest.raises(ConfigError, match="env.vector must be one of"):
         prepare_config({**point_mass_cfg(), "env": {**point_mass_cfg()["env"], "vector": "threads"}})
 
@@ -173,10 +177,48 @@ def test_the_trainer_records_what_task_parameters_receive(tmp_path):
 
 def test_non_finite_updates_are_skipped_then_stop(tmp_path):
     tr = Trainer(point_mass_cfg(steps=700, max_nonfinite=5), tmp_path)
-    tr.agent.update = lambda batch: {"skipped_critic": 1}
+    tr.agent.update = lambda batch: {"skipped_critic": 1, "skipped_actor": 0, "skipped_alpha": 0}
     with pytest.raises(NonFiniteError, match="consecutive"):
         tr.train()
-    assert tr.nonfinite_total == 5
+    assert tr.skips.total == 5
+
+
+def test_device_side_skips_are_counted_on_the_device_and_read_at_log_time(tmp_path):
+    """The first update (step 500) is read at once (1 in a row), the next ten at step 510:
+    11 in a row >= max_nonfinite = 5 stops the run there (the host-side skip stops at the
+    fifth; the device-side one at the first read after it)."""
+    tr = Trainer(point_mass_cfg(steps=700, max_nonfinite=5, log_every=10, nonfinite_skip="device"), tmp_path)
+    assert tr.agent.device_skip
+    flag = torch.tensor(True)
+    tr.agent.update = lambda batch: {"skipped_critic": flag, "skipped_actor": ~flag, "skipped_alpha": ~flag}
+    with pytest.raises(NonFiniteError, match="11 consecutive updates .*by step 510"):
+        tr.train()
+    assert tr.skips.total == 11 and tr.step == 510
+
+
+def test_device_side_skip_gives_the_run_of_the_host_side_skip(tmp_path):
+    """Every 40th batch has a NaN reward: the same skips, parameters and evaluations."""
+    runs = {}
+    for skip in ("host", "device"):
+        tr = Trainer(point_mass_cfg("pivrg", steps=700, nonfinite_skip=skip), tmp_path / skip)
+        assert tr.nonfinite_skip == skip
+        sample, calls = tr.buffer.sample, [0]
+
+        def poisoned(n, gen, sample=sample, calls=calls):
+            batch = sample(n, gen)
+            calls[0] += 1
+            if calls[0] % 40 == 0:
+                batch = {**batch, "reward": batch["reward"].clone().index_fill_(1, torch.tensor([0]), float("nan"))}
+            return batch
+
+        tr.buffer.sample = poisoned
+        tr.train()
+        runs[skip] = (_params(tr), {k: v.clone() for k, v in tr.agent.critic.state_dict().items()},
+                      tr.last_eval["returns"], tr.skips.total)
+        tr.close()
+    (ha, hc, hr, hn), (da, dc, dr, dn) = runs["host"], runs["device"]
+    assert hn == dn == 5 and hr == dr
+    assert all(torch.equal(ha[k], da[k]) for k in ha) and all(torch.equal(hc[k], dc[k]) for k in hc)
 
 
 def _cli(*args, cwd):
