@@ -20,6 +20,12 @@ count.  Columns:
   ``sync``; what the update did not hide with ``async``);
 * ``sim share``: env wait / step time;
 * ``2M h``: projected hours for the published protocol's 2M steps at this rate.
+
+``--skip host device`` also compares where a non-finite update is skipped
+(``train.nonfinite_skip``; the device-side skip copies and restores the step's state).
+The simulator floor follows: the vector env alone, each strategy of ``--vector``, with
+uniform random actions for the same number of steps (episodes reset as in training),
+after ``--warmup`` steps; the trainer's steps/s against it show what the update costs.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import envs  # noqa: E402
-from mtrl.trainer import Trainer  # noqa: E402
+from mtrl.trainer import Trainer, build_env, vector_strategy  # noqa: E402
 
 PROTOCOL_STEPS = 2_000_000
 
@@ -75,8 +81,8 @@ class Timed:
         return out
 
 
-def run_one(args, method: str, vector: str) -> dict:
-    overrides = [f"aggregator={method}", f"device={args.device}", f"env.vector={vector}",
+def run_one(args, method: str, vector: str, skip: str) -> dict:
+    overrides = [f"aggregator={method}", f"device={args.device}", f"env.vector={vector}", f"train.nonfinite_skip={skip}",
                  f"train.steps={args.seed_steps + args.warmup + args.steps - 1}", f"train.seed_steps={args.seed_steps}",
                  "train.initial_updates=1", "train.eval_every=100000000", "train.checkpoint_every=100000000", *args.override]
     cfg = compose(args.experiment, overrides)
@@ -96,10 +102,38 @@ def run_one(args, method: str, vector: str) -> dict:
         raise RuntimeError(f"{n} timed updates and {len(wait.times)} timed env waits, expected {args.steps}")
     span = wait.last_end - update.first        # from the first timed update to the last timed wait
     step_s = span / n
-    return {"method": method, "vector": trainer.vector, "device": str(trainer.device), "steps": n,
+    return {"method": method, "vector": trainer.vector, "skip": trainer.nonfinite_skip,
+            "device": str(trainer.device), "steps": n,
             "steps_per_s": 1.0 / step_s, "update_ms": 1e3 * sum(update.times) / n,
             "env_wait_ms": 1e3 * sum(wait.times) / n, "sim_share": sum(wait.times) / span,
             "protocol_hours": PROTOCOL_STEPS * step_s / 3600.0}
+
+
+def simulator_floor(args, vector: str) -> dict:
+    """Steps/s of the experiment's vector env alone under ``vector``, random actions."""
+    env_cfg = compose(args.experiment, [f"env.vector={vector}"])["env"]
+    strategy = vector_strategy(env_cfg)
+    env = build_env(env_cfg, seed=0, vector=strategy)
+    rng = torch.Generator().manual_seed(0)
+    low, high = torch.as_tensor(env.action_low), torch.as_tensor(env.action_high)
+    try:
+        env.reset(seed=0)
+        left, episode, t0 = env.max_episode_steps, 0, None
+        for i in range(args.warmup + args.steps):
+            if i == args.warmup:
+                t0 = time.perf_counter()
+            u = torch.rand((env.num_tasks, env.act_dim), generator=rng, dtype=torch.float64)
+            env.step((low + u * (high - low)).float().numpy())
+            left -= 1
+            if left == 0:
+                episode += 1
+                env.reset(seed=episode)
+                left = env.max_episode_steps
+        span = time.perf_counter() - t0
+    finally:
+        env.close()
+    return {"vector": strategy, "steps": args.steps, "steps_per_s": args.steps / span,
+            "step_ms": 1e3 * span / args.steps}
 
 
 def main(argv=None) -> None:
@@ -107,6 +141,9 @@ def main(argv=None) -> None:
     p.add_argument("--experiment", default="mt10_paper", help="the config whose shapes are timed")
     p.add_argument("--methods", nargs="+", default=["ls", "pivrg"])
     p.add_argument("--vector", nargs="+", default=["auto"], choices=["auto", *envs.VECTOR_STRATEGIES])
+    p.add_argument("--skip", nargs="+", default=["auto"], choices=["auto", "host", "device"],
+                   help="train.nonfinite_skip: where a non-finite update is skipped")
+    p.add_argument("--no-floor", action="store_true", help="leave out the simulator floor")
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=300, help="timed steps (one update each) per configuration")
     p.add_argument("--warmup", type=int, default=30, help="updates before timing starts")
@@ -119,19 +156,21 @@ def main(argv=None) -> None:
         p.error("--steps and --seed-steps must be >= 1, --warmup >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = []
-    for method in args.methods:
-        for vector in args.vector:
-            rows.append(run_one(args, method, vector))
+    rows = [run_one(args, method, vector, skip) for method in args.methods for vector in args.vector
+            for skip in args.skip]
+    floor = [] if args.no_floor else [simulator_floor(args, vector) for vector in args.vector]
     print(f"\n{args.experiment} shapes, {args.steps} timed steps each, {torch.get_num_threads()} torch threads, "
           f"{len(os.sched_getaffinity(0))} cores")
-    print(f"{'method':<10} {'vector':<6} {'device':<6} {'steps/s':>8} {'update ms':>10} {'env wait ms':>12} "
-          f"{'sim share':>10} {'2M h':>7}")
+    print(f"{'method':<10} {'vector':<6} {'skip':<6} {'device':<6} {'steps/s':>8} {'update ms':>10} "
+          f"{'env wait ms':>12} {'sim share':>10} {'2M h':>7}")
     for r in rows:
-        print(f"{r['method']:<10} {r['vector']:<6} {r['device']:<6} {r['steps_per_s']:8.1f} {r['update_ms']:10.1f} "
-              f"{r['env_wait_ms']:12.1f} {r['sim_share']:10.2f} {r['protocol_hours']:7.1f}")
+        print(f"{r['method']:<10} {r['vector']:<6} {r['skip']:<6} {r['device']:<6} {r['steps_per_s']:8.1f} "
+              f"{r['update_ms']:10.1f} {r['env_wait_ms']:12.1f} {r['sim_share']:10.2f} {r['protocol_hours']:7.1f}")
+    for r in floor:
+        print(f"{'env alone':<10} {r['vector']:<6} {'':<6} {'':<6} {r['steps_per_s']:8.1f} {'':>10} "
+              f"{r['step_ms']:12.1f} {1.0:10.2f} {PROTOCOL_STEPS / r['steps_per_s'] / 3600.0:7.1f}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"trainer": rows, "simulator_floor": floor}, indent=2))
 
 
 if __name__ == "__main__":

@@ -63,13 +63,17 @@ def test_bench_update_script_prints_ratios(capsys):
 def test_bench_train_script_times_the_loop(tmp_path, capsys):
     rows_path = tmp_path / "rows.json"
     _script("bench_train").main(["--experiment", "point_mass_quick", "--methods", "ls", "pivrg", "--steps", "30",
-                                 "--warmup", "5", "--seed-steps", "20", "--json", str(rows_path),
-                                 "agent.hidden=16", "agent.layers=1", "train.batch_size=40"])
+                                 "--warmup", "5", "--seed-steps", "20", "--skip", "host", "device",
+                                 "--json", str(rows_path), "agent.hidden=16", "agent.layers=1", "train.batch_size=40"])
     out = capsys.readouterr().out
-    assert "2M h" in out and "pivrg" in out
+    assert "2M h" in out and "pivrg" in out and "env alone" in out
     import json
-    rows = json.loads(rows_path.read_text())
-    assert [r["method"] for r in rows] == ["ls", "pivrg"]
+    result = json.loads(rows_path.read_text())
+    rows, floor = result["trainer"], result["simulator_floor"]
+    assert [(r["method"], r["skip"]) for r in rows] == [("ls", "host"), ("ls", "device"), ("pivrg", "host"),
+                                                       ("pivrg", "device")]
+    assert [f["vector"] for f in floor] == ["sync"] and floor[0]["steps"] == 30
+    assert floor[0]["step_ms"] == pytest.approx(1e3 / floor[0]["steps_per_s"])
     for r in rows:
         assert r["steps"] == 30 and r["vector"] == "sync"
         step_ms = 1e3 / r["steps_per_s"]
