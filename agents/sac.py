@@ -247,6 +247,8 @@ class MultiTaskSAC:
         self.temperature = Temperature(num_tasks, shared_alpha, init_temperature).to(self.device)
 
         self.backward = self._check_backward(backward)
+        for b in self.backward.values():   # the aggregators' state next to the gradients (no copies per step)
+            b.to(self.device)
         if self.device_skip:
             held = {c: b.host_state() for c, b in self.backward.items() if b.host_state()}
             if held:

@@ -389,6 +389,26 @@ def test_the_update_reads_nothing_on_the_host_with_the_device_side_skip(method, 
     assert bool(logs["skipped_critic"]) and not bool(logs["skipped_actor"])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", [None, "ls", "pivrg", "uw"])
+def test_the_update_runs_under_cuda_sync_debug_mode_error(method):
+    """On a GPU: the whole update (critic, actor, temperature, the aggregators, the
+    optimisers, a skipped critic) never synchronises with the host."""
+    agent = make_agent(aggregators=method, nonfinite_skip="device", device="cuda")
+    assert all(p.is_cuda for b in agent.backward.values() for p in b.state_tensors().values())
+    good = {k: v.cuda() for k, v in make_batch(0).items()}
+    bad = {k: v.cuda() for k, v in _with_nan(1, "reward").items()}
+    agent.update(good)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        logs = agent.update(bad)
+        agent.update(good)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert bool(logs["skipped_critic"]) and not bool(logs["skipped_actor"])
+
+
 def test_the_host_read_check_catches_the_host_side_skip():
     agent = make_agent(aggregators="pivrg", nonfinite_skip="host")
     agent.update(make_batch(0))
