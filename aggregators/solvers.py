@@ -16,7 +16,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-__all__ = ["alpha_fair_weights", "device_form", "stabilised_gram"]
+__all__ = ["alpha_fair_weights", "device_form"]
 
 #: relative ridge on the diagonal; keeps Pareto-stationary (singular) systems bounded
 RIDGE = 1e-12
@@ -124,15 +124,6 @@ def _to_torch(x, like: Tensor) -> Tensor:
     if isinstance(x, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(x)).to(like.device)
     return x
-
-
-def stabilised_gram(gram: Tensor, ridge: float = RIDGE) -> tuple[Tensor, Tensor]:
-    """Return ``(M', zero)``: ``M`` with a relative ridge ``ridge * M_ii`` on the diagonal,
-    unit diagonal and no coupling for zero-gradient tasks (which then get a finite,
-    irrelevant weight), and the boolean mask of those zero tasks."""
-    ops, m = _backend(gram)
-    m2, zero = _stabilise(ops, m, ridge)
-    return _to_torch(m2, gram), _to_torch(zero, gram)
 
 
 def _stabilise(ops, m, ridge: float):
