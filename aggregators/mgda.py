@@ -9,6 +9,7 @@ from torch import Tensor
 from .base import GramWeighting
 from .qp import ZERO_REL, host_gram, min_norm_weights, to_device
 from .registry import register
+from .solvers import min_norm_weights_device, on_device
 
 __all__ = ["MGDA"]
 
@@ -40,8 +41,11 @@ class MGDA(GramWeighting):
     MGDA-UB (Sener & Koltun, sec. 3.3) is this class fed the gradients with respect to
     the shared representation; trainers back-propagate ``sum_i w_i l_i`` through it.
 
-    Stateless.  Runs on the host in float64 (a k x k copy from the GPU, see
-    :mod:`aggregators.qp`).  With ``normalization="none"`` and a zero-gradient task the
+    Stateless.  On the CPU it runs on the host in float64.  On a GPU, with the
+    normalisations "none" and "l2", it runs in the device form
+    (:func:`aggregators.solvers.min_norm_weights_device`, an interior-point method with a
+    fixed budget and no host read); the loss normalisations check the losses' sign on the
+    host (a k x k copy from the GPU, see :mod:`aggregators.qp`).  With ``normalization="none"`` and a zero-gradient task the
     weight is spread evenly over the zero tasks (``d = 0``); with a normalisation such
     tasks give all-zero weights.
     """
@@ -73,6 +77,8 @@ class MGDA(GramWeighting):
         return n
 
     def weights_from_gram(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
+        if on_device(gram) and self.normalization in ("none", "l2"):
+            return self._device_weights(gram)
         m = host_gram(gram)
         k = self.num_tasks
         if self.normalization == "none":
@@ -90,3 +96,15 @@ class MGDA(GramWeighting):
         s = s / s.max()
         mn = m / norms[:, None] / norms[None, :] * s[:, None] * s[None, :]
         return to_device(min_norm_weights(mn)[0] / n, gram)
+
+    def _device_weights(self, gram: Tensor) -> Tensor:
+        """The same weights as the host form, in torch on ``gram``'s device (no host read)."""
+        m = gram.detach().to(torch.float64)
+        if self.normalization == "none":
+            return min_norm_weights_device(m)
+        diag = m.diagonal()
+        norms = diag.clamp_min(0).sqrt()
+        zero = diag <= ZERO_REL * diag.max().clamp_min(0)
+        safe = torch.where(zero, torch.ones_like(norms), norms)
+        w = min_norm_weights_device(m / safe[:, None] / safe[None, :]) / safe   # the hull of g_i / ||g_i||
+        return torch.where(zero.any(), torch.zeros_like(w), w)

@@ -29,8 +29,9 @@ no accuracy.
 
 These are active-set methods with data-dependent branching: they run in NumPy on the
 host (float64).  Callers with the Gram matrix on a GPU move the k x k matrix to the host
-(one small copy and one synchronisation per call); a fixed-budget torch port on the
-device (as in :mod:`aggregators.solvers`) would need an interior-point method instead.
+(one small copy and one synchronisation per call), except MGDA, which has a device form:
+an interior-point method with a fixed budget
+(:func:`aggregators.solvers.min_norm_weights_device`).  CAGrad and UPGrad have none yet.
 """
 
 from __future__ import annotations

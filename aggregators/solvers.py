@@ -226,3 +226,69 @@ def alpha_fair_weights(
             break
     w = w * scale ** (-expo)
     return _to_torch(ops.where(zero, 0.0 * w, w), gram)
+
+
+def on_device(x: Tensor) -> bool:
+    """Whether a solve of ``x`` runs in the device form (off the CPU, or inside
+    :func:`device_form`)."""
+    return x.device.type != "cpu" or _DEVICE_FORM_EVERYWHERE
+
+
+def min_norm_weights_device(gram: Tensor, iters: int = 40) -> Tensor:
+    """``argmin_{w in simplex} w^T M w`` (MGDA's min-norm element) in torch, on the
+    input's device, with a fixed iteration budget and no host read: the device form of
+    :func:`aggregators.qp.min_norm_weights` (which is exact, an active-set method on the
+    host).
+
+    A primal-dual interior-point method (Mehrotra's predictor-corrector, Nocedal & Wright,
+    *Numerical Optimization*, 2nd ed., 2006, Alg. 16.4, for the convex QP
+    ``min 1/2 w^T M w`` s.t. ``1^T w = 1``, ``w >= 0``): each iteration solves the
+    k x k system ``(M + S W^-1) dw = r`` twice (LU without error check) and steps 0.99 of
+    the way to the boundary.  ``M`` is scaled to unit maximum diagonal first.  Once the
+    complementarity gap is below ``1e-30`` the iterate is frozen, so extra iterations
+    change nothing.  A zero-gradient task (``M_ii <= ZERO_REL max_j M_jj``) puts 0 in
+    the hull: the weight is then spread over those tasks, as the host form does.
+    """
+    m = gram.detach().to(torch.float64)
+    k = m.shape[0]
+    diag = m.diagonal()
+    mx = diag.max()
+    zero = diag <= ZERO_REL * mx
+    m = m / torch.where(mx > 0, mx, torch.ones_like(mx))
+    ones = torch.ones(k, dtype=m.dtype, device=m.device)
+    w = ones / k
+    s = ones.clone()
+    lam = (m @ w).min() - 1.0
+
+    def direction(w, s, r_d, r_p, r_c):
+        # M dw - dlam 1 - ds = -r_d,  1^T dw = -r_p,  S dw + W ds = r_c
+        h = m + torch.diag(s / w)
+        lu, piv, _ = torch.linalg.lu_factor_ex(h)
+        sol = torch.linalg.lu_solve(lu, piv, torch.stack([-r_d + r_c / w, ones], dim=1))
+        a, b = sol[:, 0], sol[:, 1]
+        dlam = (-r_p - a.sum()) / b.sum()
+        dw = a + dlam * b
+        return dw, (r_c - s * dw) / w, dlam
+
+    def step(x, dx):   # the largest alpha in [0, 1] with x + alpha dx >= 0
+        ratio = torch.where(dx < 0, -x / torch.where(dx < 0, dx, -ones), torch.full_like(x, torch.inf))
+        return torch.clamp(ratio.min(), max=1.0)
+
+    for _ in range(iters):
+        mu = (w * s).sum() / k
+        r_d = m @ w - lam - s
+        r_p = w.sum() - 1.0
+        dw_a, ds_a, _ = direction(w, s, r_d, r_p, -w * s)
+        a_p, a_d = step(w, dw_a), step(s, ds_a)
+        mu_aff = ((w + a_p * dw_a) * (s + a_d * ds_a)).sum() / k
+        sigma = (mu_aff / mu) ** 3
+        dw, ds, dlam = direction(w, s, r_d, r_p, -w * s - dw_a * ds_a + sigma * mu)
+        live = (mu > 1e-30) & torch.isfinite(dw).all() & torch.isfinite(ds).all()
+        a_p = torch.where(live, torch.clamp(0.99 * step(w, dw), max=1.0), torch.zeros_like(mu))
+        a_d = torch.where(live, torch.clamp(0.99 * step(s, ds), max=1.0), torch.zeros_like(mu))
+        w = w + a_p * torch.where(live, dw, torch.zeros_like(dw))
+        s = s + a_d * torch.where(live, ds, torch.zeros_like(ds))
+        lam = lam + a_d * torch.where(live, dlam, torch.zeros_like(dlam))
+    w = w / w.sum()
+    spread = zero.to(m.dtype) / zero.sum().clamp_min(1)
+    return torch.where(zero.any() | ~(mx > 0), torch.where(mx > 0, spread, ones / k), w).to(gram.device)

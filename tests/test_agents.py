@@ -5,17 +5,16 @@ updates (small sizes, CPU)."""
 import copy
 import io
 import math
-import traceback
 
 import pytest
 import torch
 
 import aggregators
-import torch.utils._python_dispatch
 from aggregators import solvers
 from aggregators import needs_after_step
 from agents import KINDS, MultiTaskSAC, actor_losses, critic_losses
 from agents import sac as sac_module
+from conftest import no_host_reads
 from agents.networks import LOG_STD_MAX, LOG_STD_MIN, squashed_gaussian
 from mtrl.aggregation import component_backwards
 
@@ -354,38 +353,14 @@ def test_device_side_skip_refuses_an_aggregator_with_host_state():
         make_agent(aggregators="nash_mtl", nonfinite_skip="device")
 
 
-class _NoHostReads(torch.utils._python_dispatch.TorchDispatchMode):
-    """Fails on a read of a tensor's value by the host (``bool``, ``float``, ``.item()``),
-    the CPU's stand-in for ``torch.cuda.set_sync_debug_mode("error")``.  Reads inside
-    ``torch.optim`` are let through: on the CPU Adam's step count is a host value by design
-    (on CUDA the agent's optimisers are capturable)."""
-
-    READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
-             torch.ops.aten.equal.default}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in self.READS and not any("torch/optim/" in f.filename for f in traceback.extract_stack()):
-            raise AssertionError(f"host read of a tensor value ({func})")
-        return func(*args, **(kwargs or {}))
-
-
-def _no_conversions(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("tensor converted to a host value (numpy / list)")
-    for name in ("numpy", "tolist", "__array__"):
-        monkeypatch.setattr(torch.Tensor, name, refuse)
-
-
-@pytest.mark.parametrize("method", [None, "ls", "pivrg", "fairgrad", "uw"])
+@pytest.mark.parametrize("method", [None, "ls", "pivrg", "fairgrad", "uw", "mgda"])
 def test_the_update_reads_nothing_on_the_host_with_the_device_side_skip(method, monkeypatch):
     agent = make_agent(aggregators=method, nonfinite_skip="device")
     agent.update(make_batch(0))   # optimiser state exists
     batch = _with_nan(1, "reward")
-    _no_conversions(monkeypatch)
-    with solvers.device_form(), _NoHostReads():
+    with solvers.device_form(), no_host_reads(monkeypatch):
         logs = agent.update(batch)
         agent.update(make_batch(2))
-    monkeypatch.undo()
     assert bool(logs["skipped_critic"]) and not bool(logs["skipped_actor"])
 
 
@@ -412,5 +387,5 @@ def test_the_update_runs_under_cuda_sync_debug_mode_error(method):
 def test_the_host_read_check_catches_the_host_side_skip():
     agent = make_agent(aggregators="pivrg", nonfinite_skip="host")
     agent.update(make_batch(0))
-    with solvers.device_form(), _NoHostReads(), pytest.raises(AssertionError, match="host read"):
+    with solvers.device_form(), no_host_reads(), pytest.raises(AssertionError, match="host read"):
         agent.update(make_batch(1))

@@ -6,7 +6,8 @@ import torch
 from scipy.optimize import minimize
 
 import aggregators
-from conftest import ill_conditioned_grads
+from aggregators import solvers
+from conftest import degenerate_cases, ill_conditioned_grads, no_host_reads
 
 
 def kkt_violation(G, w):
@@ -153,3 +154,35 @@ def test_loss_normalizations_need_losses():
     # a zero loss: that task is at its minimum, the point is Pareto-stationary
     d = agg(G, torch.tensor([1.0, 0.0, 2.0]))
     assert (d == 0).all()
+
+
+def _device_form_cases():
+    g = torch.Generator().manual_seed(0)
+    cases = dict(degenerate_cases())
+    for k in (2, 3, 10, 40):
+        for shift in (0.0, 2.0):   # shift: a common component, a larger support of zeros
+            cases[f"random k={k} shift={shift}"] = (torch.randn(k, 50, generator=g, dtype=torch.float64)
+                                                    + shift * torch.randn(1, 50, generator=g, dtype=torch.float64))
+    cases["ill-conditioned k=50"] = ill_conditioned_grads(50, 200)
+    cases["rank-deficient k=10 n=5"] = torch.randn(10, 5, generator=g, dtype=torch.float64)
+    cases["norms 1e-5..1e5"] = (torch.randn(10, 50, generator=g, dtype=torch.float64)
+                                * torch.logspace(-5, 5, 10, dtype=torch.float64)[:, None])
+    return cases
+
+
+@pytest.mark.parametrize("normalization", ["none", "l2"])
+def test_the_device_form_gives_the_exact_direction(normalization, monkeypatch):
+    """The interior-point device form (a GPU's, forced on the CPU) gives the active set's
+    direction d = G^T w to 1e-6 of its length, or to the Gram form's resolution (1e-7 of
+    the shortest gradient) where d = 0; it reads nothing on the host."""
+    for case, G in _device_form_cases().items():
+        agg = aggregators.make("mgda", G.shape[0], normalization=normalization)
+        M = G @ G.T
+        w_host = agg.weights_from_gram(M)
+        with solvers.device_form(), no_host_reads(monkeypatch):
+            w_dev = agg.weights_from_gram(M)
+        diff = w_dev - w_host
+        err = float((diff @ M @ diff).clamp_min(0).sqrt())
+        norms = G.norm(dim=1)
+        shortest = float(norms[norms > 0].min()) if (norms > 0).any() else 0.0
+        assert err <= 1e-6 * float((w_host @ M @ w_host).clamp_min(0).sqrt()) + 1e-7 * shortest, case
