@@ -24,7 +24,7 @@ from torch import Tensor
 from .base import GramWeighting
 from .performance import PerformanceMixin
 from .registry import register
-from .solvers import alpha_fair_weights
+from .solvers import alpha_fair_weights, on_device
 
 __all__ = ["AlphaFair", "NashMTL", "FairGrad", "PIVRG", "ConsMTL"]
 
@@ -54,6 +54,13 @@ class AlphaFair(GramWeighting):
         self.last_weights.zero_()
 
 
+def _step_from_extra_state(state_dict, prefix, *args) -> None:
+    """Checkpoints before the counter became a buffer kept it in the extra state."""
+    extra = state_dict.get(prefix + "_extra_state")
+    if prefix + "step" not in state_dict and isinstance(extra, dict) and "step" in extra:
+        state_dict[prefix + "step"] = torch.tensor(int(extra.pop("step")), dtype=torch.int64)
+
+
 @register("nash_mtl")
 class NashMTL(AlphaFair):
     """Nash-MTL (Navon et al. 2022): the Nash bargaining solution ``alpha_i (M alpha)_i = 1``.
@@ -70,7 +77,6 @@ class NashMTL(AlphaFair):
     """
 
     exponent = 1.0
-    state_attributes = ("step",)
 
     def __init__(self, num_tasks: int, update_weights_every: int = 1):
         super().__init__(num_tasks)
@@ -78,20 +84,29 @@ class NashMTL(AlphaFair):
             raise ValueError(f"update_weights_every must be >= 1, got {update_weights_every}")
         self.update_weights_every = int(update_weights_every)
         self.register_buffer("priorities", torch.ones(num_tasks, dtype=torch.float64))
-        self.step = 0  # a Python int (no device sync); saved through the extra state
+        # a tensor, so that a device-side skip restores it; read on the host only on the CPU
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        self._register_load_state_dict_pre_hook(_step_from_extra_state)
 
     def task_priorities(self) -> Tensor:
         return self.priorities
 
     def weights_from_gram(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
-        step, self.step = self.step, self.step + 1
-        if step % self.update_weights_every != 0:
-            return self.last_weights.clone()
-        return super().weights_from_gram(gram, losses)
+        due = self.step % self.update_weights_every == 0
+        self.step.add_(1)
+        if self.update_weights_every == 1:
+            return super().weights_from_gram(gram, losses)
+        if not on_device(gram):   # the CPU: reading the counter is free, skip the solve
+            return super().weights_from_gram(gram, losses) if bool(due) else self.last_weights.clone()
+        # the device form: solve every step and keep the last weights where not due
+        last = self.last_weights.clone()
+        w = torch.where(due.to(gram.device), super().weights_from_gram(gram, losses), last.to(gram.device))
+        self.last_weights.copy_(w.to(self.last_weights))
+        return w
 
     def reset(self) -> None:
         super().reset()
-        self.step = 0
+        self.step.zero_()
 
 
 @register("fairgrad")

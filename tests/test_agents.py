@@ -326,14 +326,15 @@ def _with_nan(seed, key):
 NAN_RUN = [("obs", 0), (None, 1), (None, 2), ("reward", 3), (None, 4), ("obs", 5), (None, 6)]
 
 
-@pytest.mark.parametrize("method", [None, "ls", "pivrg", "uw", "cagrad", "aligned_mtl"])
+@pytest.mark.parametrize("method", [None, "ls", "pivrg", "uw", "cagrad", "aligned_mtl", "nash_mtl", "nash_mtl/3"])
 def test_device_side_skip_leaves_the_state_of_the_host_side_skip(method):
     """Masked steps undone on the device give the host-side skip's parameters, target,
     optimiser moments and step counts, aggregator state (UW's log-variances and their Adam,
     PIVRG's warm start, Aligned-MTL's preferences) and skip flags, bit for bit."""
     runs = {}
     for skip in ("host", "device"):
-        agent = make_agent(aggregators=method, nonfinite_skip=skip)
+        aggs = component_backwards("nash_mtl", K, update_weights_every=3) if method == "nash_mtl/3" else method
+        agent = make_agent(aggregators=aggs, nonfinite_skip=skip)
         torch.manual_seed(7)
         flags = []
         for key, seed in NAN_RUN:
@@ -349,8 +350,8 @@ def test_device_side_skip_leaves_the_state_of_the_host_side_skip(method):
 
 
 def test_device_side_skip_refuses_an_aggregator_with_host_state():
-    with pytest.raises(ValueError, match="nash_mtl.step"):
-        make_agent(aggregators="nash_mtl", nonfinite_skip="device")
+    with pytest.raises(ValueError, match="moco.step"):
+        make_agent(aggregators="moco", nonfinite_skip="device")
 
 
 @pytest.mark.parametrize("method", [None, "ls", "pivrg", "fairgrad", "uw", "mgda"])

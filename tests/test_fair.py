@@ -188,6 +188,34 @@ def test_nash_update_every_reuses_weights():
     agg(gs[3]); assert not torch.equal(agg.weights, w0)
 
 
+def test_nash_update_every_in_the_device_form_gives_the_host_weights(monkeypatch):
+    """The device form solves every step and keeps the last weights where the step is not
+    due, without reading the counter: the same weights as the host's skipped solves."""
+    from aggregators import solvers
+    from conftest import no_host_reads
+
+    k = 3
+    gs = [ill_conditioned_grads(k, 10, seed=s, spread=0.5) for s in range(7)]
+    host, dev = (aggregators.make("nash_mtl", k, update_weights_every=3) for _ in range(2))
+    dev.check_inputs = False   # as inside aggregators.backward, which checks once for all
+    for G in gs:
+        M = G @ G.T
+        w_host = host.gram_weights(M)
+        with solvers.device_form(), no_host_reads(monkeypatch):
+            w_dev = dev.gram_weights(M)
+        assert torch.allclose(w_dev, w_host, rtol=1e-9, atol=1e-12)
+    assert int(dev.step) == int(host.step) == 7
+
+
+def test_nash_loads_a_checkpoint_that_kept_the_counter_in_the_extra_state():
+    a = aggregators.make("nash_mtl", 3, update_weights_every=3)
+    legacy = {key: v for key, v in a.state_dict().items() if key != "step"}
+    legacy["_extra_state"] = {"step": 5}
+    b = aggregators.make("nash_mtl", 3, update_weights_every=3)
+    b.load_state_dict(legacy)
+    assert int(b.step) == 5
+
+
 def test_pivrg_state_dict_round_trip():
     k = 4
     G = ill_conditioned_grads(k, 20, seed=0)

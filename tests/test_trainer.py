@@ -156,8 +156,8 @@ def test_bad_configs_raise_config_errors(tmp_path):
         prepare_config(point_mass_cfg(initial_updates=0))
     with pytest.raises(ConfigError, match="point_mass steps in this process"):   # before the run directory
         prepare_config({**point_mass_cfg(), "env": {**point_mass_cfg()["env"], "vector": "async"}})
-    with pytest.raises(ConfigError, match="nonfinite_skip=device cannot restore the host state of nash_mtl.step"):
-        prepare_config(point_mass_cfg("nash_mtl", nonfinite_skip="device"))
+    with pytest.raises(ConfigError, match="nonfinite_skip=device cannot restore the host state of moco.step"):
+        prepare_config(point_mass_cfg("moco", nonfinite_skip="device"))
     with pytest.raises(ConfigError, match="train.nonfinite_skip must be one of"):
         prepare_config(point_mass_cfg(nonfinite_skip="gpu"))
     with pytest.raises(ConfigError, match="env.vector must be one of"):
