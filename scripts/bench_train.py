@@ -21,6 +21,11 @@ count.  Columns:
 * ``sim share``: env wait / step time;
 * ``2M h``: projected hours for the published protocol's 2M steps at this rate.
 
+``--compile off default`` also times the agent's update wrapped in ``torch.compile`` (the
+whole update, in the given mode; ``autograd.grad`` breaks the graph).  This measures the
+compiler, it is not yet a training option: the first calls, with the compile, fall in the
+warm-up.
+
 ``--skip host device`` also compares where a non-finite update is skipped
 (``train.nonfinite_skip``; the device-side skip copies and restores the step's state).
 The simulator floor follows: the vector env alone, each strategy of ``--vector``, with
@@ -81,13 +86,28 @@ class Timed:
         return out
 
 
-def run_one(args, method: str, vector: str, skip: str) -> dict:
+def compiled(fn, mode: str):
+    """``fn`` under ``torch.compile(mode=...)``; the engine's backwards keep the graph, which
+    AOTAutograd's donated buffers do not allow."""
+    import torch._functorch.config
+
+    inner = torch.compile(fn, mode=None if mode == "default" else mode)
+
+    def call(*args, **kwargs):
+        with torch._functorch.config.patch(donated_buffer=False):
+            return inner(*args, **kwargs)
+    return call
+
+
+def run_one(args, method: str, vector: str, skip: str, compile_mode: str = "off") -> dict:
     overrides = [f"aggregator={method}", f"device={args.device}", f"env.vector={vector}", f"train.nonfinite_skip={skip}",
                  f"train.steps={args.seed_steps + args.warmup + args.steps - 1}", f"train.seed_steps={args.seed_steps}",
                  "train.initial_updates=1", "train.eval_every=100000000", "train.checkpoint_every=100000000", *args.override]
     cfg = compose(args.experiment, overrides)
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         trainer = Trainer(cfg, tmp)
+        if compile_mode != "off":
+            trainer.agent.update = compiled(trainer.agent.update, compile_mode)
         try:
             # the update of step s runs between its step_async and step_wait: the first
             # update is in the seed_steps-th step, so the timed waits follow the timed updates
@@ -102,7 +122,7 @@ def run_one(args, method: str, vector: str, skip: str) -> dict:
         raise RuntimeError(f"{n} timed updates and {len(wait.times)} timed env waits, expected {args.steps}")
     span = wait.last_end - update.first        # from the first timed update to the last timed wait
     step_s = span / n
-    return {"method": method, "vector": trainer.vector, "skip": trainer.nonfinite_skip,
+    return {"method": method, "vector": trainer.vector, "skip": trainer.nonfinite_skip, "compile": compile_mode,
             "device": str(trainer.device), "steps": n,
             "steps_per_s": 1.0 / step_s, "update_ms": 1e3 * sum(update.times) / n,
             "env_wait_ms": 1e3 * sum(wait.times) / n, "sim_share": sum(wait.times) / span,
@@ -143,6 +163,9 @@ def main(argv=None) -> None:
     p.add_argument("--vector", nargs="+", default=["auto"], choices=["auto", *envs.VECTOR_STRATEGIES])
     p.add_argument("--skip", nargs="+", default=["auto"], choices=["auto", "host", "device"],
                    help="train.nonfinite_skip: where a non-finite update is skipped")
+    p.add_argument("--compile", nargs="+", default=["off"],
+                   choices=["off", "default", "reduce-overhead", "max-autotune"],
+                   help="also time the update under torch.compile in these modes")
     p.add_argument("--no-floor", action="store_true", help="leave out the simulator floor")
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=300, help="timed steps (one update each) per configuration")
@@ -156,18 +179,19 @@ def main(argv=None) -> None:
         p.error("--steps and --seed-steps must be >= 1, --warmup >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [run_one(args, method, vector, skip) for method in args.methods for vector in args.vector
-            for skip in args.skip]
+    rows = [run_one(args, method, vector, skip, mode) for method in args.methods for vector in args.vector
+            for skip in args.skip for mode in args.compile]
     floor = [] if args.no_floor else [simulator_floor(args, vector) for vector in args.vector]
     print(f"\n{args.experiment} shapes, {args.steps} timed steps each, {torch.get_num_threads()} torch threads, "
           f"{len(os.sched_getaffinity(0))} cores")
-    print(f"{'method':<10} {'vector':<6} {'skip':<6} {'device':<6} {'steps/s':>8} {'update ms':>10} "
+    print(f"{'method':<10} {'vector':<6} {'skip':<6} {'compile':<8} {'device':<6} {'steps/s':>8} {'update ms':>10} "
           f"{'env wait ms':>12} {'sim share':>10} {'2M h':>7}")
     for r in rows:
-        print(f"{r['method']:<10} {r['vector']:<6} {r['skip']:<6} {r['device']:<6} {r['steps_per_s']:8.1f} "
-              f"{r['update_ms']:10.1f} {r['env_wait_ms']:12.1f} {r['sim_share']:10.2f} {r['protocol_hours']:7.1f}")
+        print(f"{r['method']:<10} {r['vector']:<6} {r['skip']:<6} {r['compile']:<8} {r['device']:<6} "
+              f"{r['steps_per_s']:8.1f} {r['update_ms']:10.1f} {r['env_wait_ms']:12.1f} {r['sim_share']:10.2f} "
+              f"{r['protocol_hours']:7.1f}")
     for r in floor:
-        print(f"{'env alone':<10} {r['vector']:<6} {'':<6} {'':<6} {r['steps_per_s']:8.1f} {'':>10} "
+        print(f"{'env alone':<10} {r['vector']:<6} {'':<6} {'':<8} {'':<6} {r['steps_per_s']:8.1f} {'':>10} "
               f"{r['step_ms']:12.1f} {1.0:10.2f} {PROTOCOL_STEPS / r['steps_per_s'] / 3600.0:7.1f}")
     if args.json:
         args.json.write_text(json.dumps({"trainer": rows, "simulator_floor": floor}, indent=2))

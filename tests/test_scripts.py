@@ -75,7 +75,7 @@ def test_bench_train_script_times_the_loop(tmp_path, capsys):
     assert [f["vector"] for f in floor] == ["sync"] and floor[0]["steps"] == 30
     assert floor[0]["step_ms"] == pytest.approx(1e3 / floor[0]["steps_per_s"])
     for r in rows:
-        assert r["steps"] == 30 and r["vector"] == "sync"
+        assert r["steps"] == 30 and r["vector"] == "sync" and r["compile"] == "off"
         step_ms = 1e3 / r["steps_per_s"]
         assert 0 < r["update_ms"] + r["env_wait_ms"] <= step_ms and 0 < r["sim_share"] < 1
         assert r["protocol_hours"] == pytest.approx(2e6 * step_ms / 1e3 / 3600)
