@@ -3,6 +3,8 @@
 import importlib.util
 import os
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGGREGATORS = ("ls", "pivrg", "consmtl", "nash_mtl", "fairgrad", "cagrad", "pcgrad", "famo", "mgda", "aligned_mtl")
 
@@ -21,6 +23,7 @@ def _rows(out: str) -> list[list[str]]:
     return [[c.strip() for c in l.strip("|").split("|")] for l in lines]
 
 
+@pytest.mark.slow
 def test_quick_run_times_every_aggregator_relative_to_ls(capsys):
     bench = _bench()
     # one thread: two spin-waiting threads on a busy 2-core machine make the tiny steps ~20x slower

@@ -113,6 +113,7 @@ CORE = [("ls", "param"), ("pivrg", "param"), ("aligned_mtl", "rep"), ("consmtl",
     *[(b, a, m, None) for b in ("cityscapes3", "nyuv2_pspnet", "nyud", "pascal_context") for a, m in CORE],
     ("nyud", "avgnorm", "param", None), ("pascal_context", "aligned_mtl", "rep", {"name": "hrnet18"}),
     ("cityscapes3", "aligned_mtl", "rep", {"name": "resnet18_aspp"})])
+@pytest.mark.slow
 def test_suites_train_with_the_papers_methods(data, tmp_path, single_thread, bench, aggregator, mode, model):
     pytest.importorskip("torchvision")
     if model and model["name"] == "hrnet18":
@@ -134,6 +135,7 @@ def test_suites_train_with_the_papers_methods(data, tmp_path, single_thread, ben
 
 
 @pytest.mark.parametrize("bench", ["cityscapes3", "nyuv2_pspnet", "nyud", "pascal_context"])
+@pytest.mark.slow
 def test_every_aggregator_trains_each_suite(data, tmp_path, single_thread, bench):
     """One batch per registry method on each benchmark's real-layout data (a narrow SegNet-
     MTAN keeps it fast; the default models are covered above)."""

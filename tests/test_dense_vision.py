@@ -296,6 +296,7 @@ def test_batched_feature_gradients_of_a_tuple_equal_separate_ones():
     ("nyuv2", "ls", "param"), ("nyuv2", "pivrg", "param"), ("nyuv2", "consmtl", "param"),
     ("nyuv2", "nash_mtl", "param"), ("nyuv2", "aligned_mtl", "rep"), ("cityscapes", "pivrg", "param"),
     ("cityscapes", "consmtl", "rep"), ("cityscapes", "famo", "param")])
+@pytest.mark.slow
 def test_dense_benchmarks_train_and_report_the_last_epochs(data, tmp_path, single_thread, bench, aggregator, mode):
     tr, res = train_run(config(data, bench, aggregator, mode, epochs=3), tmp_path)
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -350,6 +351,7 @@ def test_consmtl_lower_level_through_the_attention_features(data, single_thread)
     tr.close()
 
 
+@pytest.mark.slow
 def test_ls_learns_the_synthetic_scene(data, tmp_path, single_thread):
     cfg = config(data, "nyuv2", "ls", epochs=12, lr=3e-3)
     tr, _ = train_run(cfg, tmp_path)
@@ -361,6 +363,7 @@ def test_ls_learns_the_synthetic_scene(data, tmp_path, single_thread):
     assert lines[-1]["train_delta_m"] < lines[0]["train_delta_m"] - 50
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_with_its_last_epochs(data, tmp_path):
     _, full = train_run(config(data, "cityscapes", "pivrg", epochs=3), tmp_path / "full")
     train_run(config(data, "cityscapes", "pivrg", epochs=2), tmp_path / "cut")
@@ -391,6 +394,7 @@ def test_presets_compose_with_the_papers_protocol():
     assert re.fullmatch(r"runs/supervised/nyuv2-small/param/ls-[0-9a-f]{8}/seed0", small.hydra.run.dir)
 
 
+@pytest.mark.slow
 def test_cli_small_preset_and_the_papers_table(data, tmp_path):
     for agg in ("ls", "pivrg"):
         res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_supervised.py"), "benchmark=nyuv2_small",

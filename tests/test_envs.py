@@ -178,6 +178,7 @@ def mt10():
     env.close()
 
 
+@pytest.mark.slow
 def test_mt10_paper_interface_and_time_limit(mt10):
     env = mt10
     assert env.num_tasks == 10 and env.task_names == MT10_TASKS
@@ -216,6 +217,7 @@ def _fields(res: StepResult) -> tuple:
     return (res.next_obs, res.reward, res.terminated, res.truncated, res.success, res.obs)
 
 
+@pytest.mark.slow
 def test_mt10_async_steps_the_same_transitions_in_subprocesses(mt10):
     """env.vector=async: one subprocess per task, the same transitions (bit for bit) as the
     in-process vector, across an episode boundary and a seeded reset; step_async lets the
@@ -252,6 +254,7 @@ def test_step_async_then_wait_is_step():
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_mt1_paper_seeding_and_fixed_goal():
     actions = np.random.default_rng(1).uniform(-1, 1, (40, 1, 4))
     a = make_env("mt1:reach-v3", seed=5)
@@ -325,6 +328,7 @@ def test_mt1_success_flag_with_scripted_policy_and_reward_versions():
     assert returns["v1"] != returns["v2"]
 
 
+@pytest.mark.slow
 def test_mt50_construction_and_steps():
     env = make_env("mt50", seed=0, num_goals=1)  # one goal variant per task: faster to build
     assert env.num_tasks == 50 and len(set(env.task_names)) == 50 and env.obs_dim == 39

@@ -67,6 +67,7 @@ def test_synthetic_masks_are_disjoint_and_boxes_are_their_extent(ex):
     assert not torch.equal(images[0], ex.synthetic_batch(4, 64, seed=4)[0][0])
 
 
+@pytest.mark.slow
 def test_shared_grad_is_nash_combination_of_one_backward_per_task(ex):
     """Mask R-CNN through ``train_step``: shared .grad = w^T G with G from five separate
     backward passes (same sampled proposals: same seed), w the Nash solution
@@ -158,6 +159,7 @@ def test_bench_reference_step_writes_the_same_gradients(bench, method):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6 + 1e-4 * float(b.abs().max()))
 
 
+@pytest.mark.slow
 def test_bench_quick_prints_every_method_relative_to_ls(bench, capsys):
     assert bench.main(["--quick"]) == 0
     out = capsys.readouterr().out

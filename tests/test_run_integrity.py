@@ -58,6 +58,7 @@ def _snapshot(root: Path) -> dict:
 
 # 1. a hyper-parameter sweep keeps every value ------------------------------------------------
 
+@pytest.mark.slow
 def test_a_two_value_sweep_gives_two_directories_and_two_summary_rows(tmp_path):
     res = _train("-m", "aggregator=cagrad", "aggregator.c=0.2,0.8", "seed=0", f"hydra.sweep.dir={tmp_path / 'sw'}",
                  cwd=tmp_path)
@@ -93,6 +94,7 @@ def _prepared(preset, overrides, agg):
     return config_checks.prepare(cfg, {}, known_presets=("nyud",))
 
 
+@pytest.mark.slow
 def test_an_explicit_value_beats_the_preset_and_the_recorded_value_is_the_used_one(tmp_path):
     assert _prepared("nyuv2", [], {"name": "cagrad", "c": 0.5})["aggregator"]["c"] == 0.4
     explicit = _prepared("nyuv2", ["aggregator.c=0.2"], {"name": "cagrad", "c": 0.2})
@@ -112,6 +114,7 @@ def test_an_explicit_value_beats_the_preset_and_the_recorded_value_is_the_used_o
         assert tr.aggregators["critic"].c == c
 
 
+@pytest.mark.slow
 def test_an_unknown_preset_is_one_line_and_exit_2(tmp_path):
     with pytest.raises(ConfigError, match="unknown aggregator_preset 'foo'"):
         _prepared("foo", [], {"name": "cagrad"})
@@ -122,6 +125,7 @@ def test_an_unknown_preset_is_one_line_and_exit_2(tmp_path):
 
 # 3. one process per run directory -----------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_process_on_a_locked_directory_exits_2_without_touching_a_file(tmp_path):
     run = tmp_path / "run"
     assert _train(f"hydra.run.dir={run}", "train.steps=200", cwd=tmp_path).returncode == 0
@@ -151,6 +155,7 @@ def test_a_stale_lock_is_taken_over_and_named(tmp_path):
 
 # 4. a run continues only under its own config -----------------------------------------------
 
+@pytest.mark.slow
 def test_a_finished_run_under_another_config_is_refused_not_skipped(tmp_path):
     run = tmp_path / "run"
     assert _train(f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
@@ -161,6 +166,7 @@ def test_a_finished_run_under_another_config_is_refused_not_skipped(tmp_path):
     assert res.returncode == 0 and "skipped" in res.stdout
 
 
+@pytest.mark.slow
 def test_a_resume_under_another_seed_or_train_value_is_refused(tmp_path):
     run = tmp_path / "run"
     assert _train(f"hydra.run.dir={run}", "train.steps=200", cwd=tmp_path).returncode == 0
@@ -178,6 +184,7 @@ def test_a_resume_under_another_seed_or_train_value_is_refused(tmp_path):
 
 # 5. evaluations are never lost silently -----------------------------------------------------
 
+@pytest.mark.slow
 def test_a_deleted_or_doubled_metrics_file_is_restored_from_the_checkpoint(tmp_path):
     run = tmp_path / "run"
     assert _train(f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
@@ -195,6 +202,7 @@ def test_a_deleted_or_doubled_metrics_file_is_restored_from_the_checkpoint(tmp_p
     assert [r["step"] for r in _records(run)] == [200, 400, 600]
 
 
+@pytest.mark.slow
 def test_the_summary_flags_missing_and_non_finite_evaluations(tmp_path):
     run = tmp_path / "run"
     assert _train(f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
@@ -228,6 +236,7 @@ def test_the_summary_flags_missing_and_non_finite_evaluations(tmp_path):
     ("aggregator=pivrg aggregator.bound=abc", "aggregator.bound must be a finite number, got 'abc'"),
     ("agent.discount=1.5", "agent.discount must be a finite number (0 < agent.discount <= 1)"),
 ])
+@pytest.mark.slow
 def test_a_bad_value_is_one_line_and_exit_2(tmp_path, override, needle):
     res = _train(*override.split(), f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert res.returncode == 2
@@ -257,6 +266,7 @@ def test_a_full_disk_is_reported_as_such_and_keeps_the_old_file(tmp_path, monkey
     assert torch.load(path)["x"] == 1
 
 
+@pytest.mark.slow
 def test_temp_files_of_a_killed_write_are_removed_at_the_next_start(tmp_path):
     run = tmp_path / "run"
     assert _train(f"hydra.run.dir={run}", "train.steps=200", cwd=tmp_path).returncode == 0
@@ -270,6 +280,7 @@ def test_temp_files_of_a_killed_write_are_removed_at_the_next_start(tmp_path):
 
 # 8. the advice after a non-finite stop can be followed --------------------------------------
 
+@pytest.mark.slow
 def test_the_non_finite_stop_advice_resumes_the_run(tmp_path):
     run = tmp_path / "run"
     # a learning rate that overflows the networks at the first updates
@@ -305,6 +316,7 @@ def _supervised(*args, cwd):
                    "device=cpu", "+benchmark.image_size=32", *[a for a in args if a != "-m"], cwd=cwd)
 
 
+@pytest.mark.slow
 def test_supervised_sweep_over_a_hyper_parameter_keeps_both_and_the_preset_yields(celeba, tmp_path):
     res = _supervised("-m", "aggregator=fairgrad", "aggregator.alpha=0.5,1.0", f"data.root={celeba}",
                       f"hydra.sweep.dir={tmp_path / 'sw'}", cwd=tmp_path)
@@ -314,6 +326,7 @@ def test_supervised_sweep_over_a_hyper_parameter_keeps_both_and_the_preset_yield
     assert sorted(json.loads((r / "config.json").read_text())["aggregator"]["alpha"] for r in runs) == [0.5, 1.0]
 
 
+@pytest.mark.slow
 def test_supervised_bad_values_missing_and_corrupt_data_are_one_line_and_exit_2(celeba, tmp_path):
     res = _supervised("train.epochs=0", f"data.root={celeba}", f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
     assert res.returncode == 2 and "train.epochs must be an integer >= 1" in _one_line(res)
@@ -329,6 +342,7 @@ def test_supervised_bad_values_missing_and_corrupt_data_are_one_line_and_exit_2(
     assert "not a readable image" in _one_line(res)
 
 
+@pytest.mark.slow
 def test_supervised_tables_flag_duplicated_and_missing_epochs(celeba, tmp_path):
     from mtrl.supervised.tables import load_run as load_supervised
 

@@ -25,6 +25,7 @@ def test_toy_front_is_non_dominated():
     assert (front[:, 0].diff() >= 0).all() and (front[:, 1].diff() < 0).all()
 
 
+@pytest.mark.slow
 def test_toy_runs_reach_the_front():
     front = pareto_front()
     traj = run("nash_mtl", (0.0, 0.0), steps=1500)
@@ -34,6 +35,7 @@ def test_toy_runs_reach_the_front():
     assert (final < start).all()
 
 
+@pytest.mark.slow
 def test_toy_script_writes_png(tmp_path, capsys):
     out = tmp_path / "toy.png"
     assert _script("toy").main(["--methods", "ls", "pivrg", "--steps", "20", "--out", str(out)]) == 0

@@ -59,6 +59,7 @@ def test_qm9_trains_with_each_aggregator_and_reports_the_papers_numbers(data, tm
 
 
 @pytest.mark.parametrize("aggregator", ["ls", "pivrg", "consmtl"])
+@pytest.mark.slow
 def test_celeba_trains_with_pivrg_and_consmtl(data, tmp_path, single_thread, aggregator):
     tr, res = train_run(config(data, "celeba", aggregator, epochs=1), tmp_path)
     assert len(res["metrics"]) == 40 and all(0 <= v <= 1 for v in res["metrics"].values())
@@ -137,6 +138,7 @@ def test_a_killed_run_resumes_after_its_last_epoch(data, tmp_path):
         SupervisedTrainer(config(data, "qm9", "ls", epochs=3), tmp_path)
 
 
+@pytest.mark.slow
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetNotFound):
         from mtrl.supervised.qm9 import QM9Benchmark
@@ -152,6 +154,7 @@ def test_missing_data_is_a_clear_error(tmp_path):
     assert res.returncode == 2 and "unknown aggregator" in res.stderr
 
 
+@pytest.mark.slow
 def test_cli_trains_qm9_and_writes_results(data, tmp_path):
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_supervised.py"), "benchmark=qm9",
                           "aggregator=pivrg", f"data.root={data / 'qm9'}", "+benchmark.split_sizes=[8,8]",
@@ -166,6 +169,7 @@ def test_cli_trains_qm9_and_writes_results(data, tmp_path):
 
 
 @pytest.mark.parametrize("bench,mode", [("qm9", "param"), ("celeba", "rep")])
+@pytest.mark.slow
 def test_every_aggregator_trains_both_benchmarks(data, tmp_path, single_thread, bench, mode):
     """One epoch of one batch per registry method (loss-only, Gram, direction and
     performance-informed methods alike), all through aggregators.backward: QM9's 11 tasks

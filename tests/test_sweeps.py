@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,6 +24,7 @@ def _sweep(tmp_path, *extra):
                    "train.eval_every=300", "train.checkpoint_every=300", "train.eval_episodes=2", *extra, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_two_seed_sweep_through_launcher_evaluator_and_summariser(tmp_path):
     res = _sweep(tmp_path, "train.steps=600")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -63,6 +66,7 @@ def test_two_seed_sweep_through_launcher_evaluator_and_summariser(tmp_path):
     assert (out / "learning_curves.png").stat().st_size > 0 and (out / "summary.md").exists()
 
 
+@pytest.mark.slow
 def test_slurm_launcher_config_composes():
     res = _script("train.py", "sweep=mt10_table", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
                   "--cfg", "hydra", cwd=ROOT)
@@ -71,6 +75,7 @@ def test_slurm_launcher_config_composes():
     assert "max_num_timeout: 30" in res.stdout and "aggregator: ls,pcgrad" in res.stdout
 
 
+@pytest.mark.slow
 def test_a_failing_run_in_a_sweep_is_recorded_and_the_others_go_on(tmp_path):
     # FAMO takes logs of the losses: with the actor aggregated it is a config error
     res = _script("train.py", "-m", "experiment=point_mass_quick", "aggregator=famo,ls", "train.steps=400",

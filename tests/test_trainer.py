@@ -31,6 +31,7 @@ def point_mass_cfg(aggregator="ls", kind="mh_sac", steps=1000, seed=0, **train):
 
 @pytest.mark.parametrize("kind", ["mh_sac", "mtl_sac", "mtl_sac_te"])
 @pytest.mark.parametrize("aggregator,steps", [("ls", 4000), ("pivrg", 3000)])
+@pytest.mark.slow
 def test_sac_learns_the_point_mass_tasks(tmp_path, kind, aggregator, steps):
     """Threshold: best mean success over training >= 0.75 (measured: 1.0 for every pair)."""
     torch.set_num_threads(1)
@@ -47,6 +48,7 @@ def _params(trainer):
     return {k: v.clone() for k, v in trainer.agent.actor.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_resume_continues_bit_identically(tmp_path):
     full = Trainer(point_mass_cfg("pivrg", steps=1000), tmp_path / "full")
     full.train()
@@ -82,6 +84,7 @@ def _mt1_cfg(vector: str) -> dict:
     return cfg
 
 
+@pytest.mark.slow
 def test_async_envs_give_the_same_run_as_sync(tmp_path):
     runs = {}
     for vector in ("sync", "async"):
@@ -229,6 +232,7 @@ def _cli(*args, cwd):
 @pytest.mark.parametrize("override,needle", [("aggregator=nope", "unknown aggregator"),
                                              ("env=mt11", "unknown env"),
                                              ("agent=mh_sac agent.hidden=-3", "agent.hidden must be an integer >= 1")])
+@pytest.mark.slow
 def test_cli_bad_config_exits_2_with_one_line(tmp_path, override, needle):
     res = _cli(*override.split(), "experiment=point_mass_quick", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert res.returncode == 2, res.stderr
@@ -236,6 +240,7 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path, override, needle):
     assert len(err) == 1 and needle in err[0]
 
 
+@pytest.mark.slow
 def test_mt10_smoke_run_writes_all_outputs(tmp_path):
     res = _cli("env=mt10", "aggregator=pivrg", "agent.hidden=32", "agent.layers=1", "train.steps=300",
                "train.seed_steps=150", "train.batch_size=100", "train.eval_every=150", "train.eval_episodes=1",
@@ -265,6 +270,7 @@ def test_mt10_smoke_run_writes_all_outputs(tmp_path):
     assert "reach-v3" in ev.stdout and "mean" in ev.stdout
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_from_its_last_checkpoint(tmp_path):
     import signal
     import time
