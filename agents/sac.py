@@ -84,7 +84,8 @@ class Backward(Protocol):
     sync, and the gradients written are zero where it is false; the agent then undoes the
     step where it is false, including the backward's own state, ``state_tensors()`` (the
     live tensors by name).  ``host_state()`` names the state a device-side skip cannot
-    restore (Python values; empty: the backward supports it).  ``step(recompute)`` runs
+    restore (Python values; empty: the backward supports it).  Those two are called only
+    with the device-side skip.  ``step(recompute)`` runs
     after the component's optimiser step (the backward's own parameters and state;
     ``recompute()`` gives the losses of the updated parameters where it needs them).
     ``state_dict`` / ``load_state_dict`` / ``to`` as for a module."""
