@@ -251,7 +251,7 @@ class MultiTaskSAC:
         for b in self.backward.values():   # the aggregators' state next to the gradients (no copies per step)
             b.to(self.device)
         if self.device_skip:
-            held = {c: b.host_state() for c, b in self.backward.items() if b.host_state()}
+            held = {c: h for c, b in self.backward.items() if (h := b.host_state())}
             if held:
                 raise ValueError("a device-side skip cannot restore host state: "
                                  + "; ".join(f"{c}: {', '.join(h)}" for c, h in held.items())

@@ -92,10 +92,11 @@ class NashMTL(AlphaFair):
         return self.priorities
 
     def weights_from_gram(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
+        if self.update_weights_every == 1:
+            self.step.add_(1)
+            return super().weights_from_gram(gram, losses)
         due = self.step % self.update_weights_every == 0
         self.step.add_(1)
-        if self.update_weights_every == 1:
-            return super().weights_from_gram(gram, losses)
         if not on_device(gram):   # the CPU: reading the counter is free, skip the solve
             return super().weights_from_gram(gram, losses) if bool(due) else self.last_weights.clone()
         # the device form: solve every step and keep the last weights where not due

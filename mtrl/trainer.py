@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 import envs
-from agents import COMPONENTS, NONFINITE_SKIPS, MultiTaskSAC
+from agents import COMPONENTS, MultiTaskSAC
 from aggregators import diagnostics
 
 from . import config_checks
@@ -77,7 +77,7 @@ def nonfinite_skip(cfg: dict, device: torch.device, aggs: dict) -> str:
     (no host sync in the update) on CUDA where every component's aggregator keeps its state
     in tensors, else on the host (on the CPU a sync costs nothing); ``device`` with an
     aggregator that keeps host state is a ConfigError."""
-    choice = cfg["train"].get("nonfinite_skip", "auto")
+    choice = cfg.get("train", {}).get("nonfinite_skip", "auto")
     held = [h for agg in aggs.values() for h in host_state(agg)]
     if choice == "auto":
         return "device" if device.type == "cuda" and not held else "host"
@@ -100,6 +100,13 @@ def vector_strategy(env_cfg: dict) -> str:
     return choice
 
 
+def uniform_actions(env, generator: torch.Generator) -> np.ndarray:
+    """``(k, act_dim)`` float32 actions drawn uniformly in the env's action box (the
+    random phase of training; the simulator floor of ``scripts/bench_train.py``)."""
+    u = torch.rand((env.num_tasks, env.act_dim), generator=generator, dtype=torch.float64).numpy()
+    return (env.action_low + u * (env.action_high - env.action_low)).astype(np.float32)
+
+
 def build_env(env_cfg: dict, seed: int, protocol: str | None = None, vector: str = "sync"):
     """The env of an ``env`` config (``protocol`` replaces the config's when given;
     ``vector``: ``sync`` or ``async``, see :func:`vector_strategy`)."""
@@ -113,11 +120,12 @@ def build_env(env_cfg: dict, seed: int, protocol: str | None = None, vector: str
         raise ConfigError(str(exc)) from None
 
 
-def build_agent(cfg: dict, env, device: torch.device, nonfinite_skip: str = "host") -> MultiTaskSAC:
+def build_agent(cfg: dict, env, device: torch.device) -> MultiTaskSAC:
     """The run's agent for ``env`` (also used to load a saved run for evaluation), handed
-    one :class:`~mtrl.aggregation.ComponentBackward` per component; ``nonfinite_skip``:
-    see :func:`nonfinite_skip`."""
+    one :class:`~mtrl.aggregation.ComponentBackward` per component; it skips non-finite
+    updates where :func:`nonfinite_skip` says (``agent.device_skip``)."""
     aggs = component_aggregators(cfg, env.num_tasks)
+    skip = nonfinite_skip(cfg, device, aggs)
     t = cfg.get("train", {})
     backward = {c: ComponentBackward(aggs[c], t.get("task_grads", "own"), t.get("per_task_grads", "auto"))
                 for c in COMPONENTS}
@@ -125,7 +133,7 @@ def build_agent(cfg: dict, env, device: torch.device, nonfinite_skip: str = "hos
     kind = a.pop("kind")
     try:
         return MultiTaskSAC(env.obs_dim, env.act_dim, env.num_tasks, kind=kind, backward=backward,
-                            nonfinite_skip=nonfinite_skip, device=device, **a)
+                            nonfinite_skip=skip, device=device, **a)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"agent config: {str(exc).splitlines()[0]}") from None
 
@@ -194,9 +202,9 @@ class Trainer:
         self.train_success: list[list[float]] = []
         self.fed_success: list[float] | None = None
 
+        self.agent = build_agent(cfg, self.env, self.device)
         #: where a non-finite update is skipped: "host" or "device" (no sync in the update)
-        self.nonfinite_skip = nonfinite_skip(cfg, self.device, component_aggregators(cfg, k))
-        self.agent = build_agent(cfg, self.env, self.device, self.nonfinite_skip)
+        self.nonfinite_skip = "device" if self.agent.device_skip else "host"
         #: the aggregator of each component (the agent holds them inside its backwards)
         self.aggregators = {c: b.aggregator for c, b in self.agent.backward.items()}
         self.buffer = ReplayBuffer(k, self.env.obs_dim, self.env.act_dim, int(t["buffer_size"]), self.device)
@@ -300,11 +308,6 @@ class Trainer:
         save_atomic(self._state(), self.ckpt_path)
 
     # -- the loop -------------------------------------------------------------------------
-    def _random_actions(self) -> np.ndarray:
-        k, a = self.num_tasks, self.env.act_dim
-        u = torch.rand((k, a), generator=self.action_gen, dtype=torch.float64).numpy()
-        return (self.env.action_low + u * (self.env.action_high - self.env.action_low)).astype(np.float32)
-
     def _updates(self) -> None:
         """The step's update; at the first update step, ``initial_updates`` of them (the
         reference code's burst of ``seed_steps`` updates on the random transitions)."""
@@ -437,7 +440,7 @@ class Trainer:
                 hit = np.zeros(self.num_tasks, dtype=bool)
                 for _ in range(self.env.max_episode_steps):
                     if self.step < self.seed_steps:
-                        action = self._random_actions()
+                        action = uniform_actions(self.env, self.action_gen)
                     else:
                         with torch.no_grad():
                             action = self.agent.act(torch.as_tensor(obs, device=self.device), deterministic=False)

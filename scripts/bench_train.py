@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import envs  # noqa: E402
-from mtrl.trainer import Trainer, build_env, vector_strategy  # noqa: E402
+from mtrl.trainer import Trainer, build_env, uniform_actions, vector_strategy  # noqa: E402
 
 PROTOCOL_STEPS = 2_000_000
 
@@ -135,15 +135,13 @@ def simulator_floor(args, vector: str) -> dict:
     strategy = vector_strategy(env_cfg)
     env = build_env(env_cfg, seed=0, vector=strategy)
     rng = torch.Generator().manual_seed(0)
-    low, high = torch.as_tensor(env.action_low), torch.as_tensor(env.action_high)
     try:
         env.reset(seed=0)
         left, episode, t0 = env.max_episode_steps, 0, None
         for i in range(args.warmup + args.steps):
             if i == args.warmup:
                 t0 = time.perf_counter()
-            u = torch.rand((env.num_tasks, env.act_dim), generator=rng, dtype=torch.float64)
-            env.step((low + u * (high - low)).float().numpy())
+            env.step(uniform_actions(env, rng))
             left -= 1
             if left == 0:
                 episode += 1
