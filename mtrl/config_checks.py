@@ -18,6 +18,7 @@ import envs
 from agents import NONFINITE_SKIPS
 from aggregators.engine import PATHS, TASK_GRADS
 
+from .compiled_update import MODES as COMPILE_MODES
 from .configuration import ConfigError, aggregator_config
 from .run_identity import META_KEY
 
@@ -95,6 +96,7 @@ RL_RULES = {
     "train.log_every": Int(1),
     "train.max_nonfinite": Int(1),
     "train.nonfinite_skip": Choice(("auto", *NONFINITE_SKIPS)),
+    "train.compile": Choice(tuple(COMPILE_MODES)),
     "agent.hidden": Int(1),
     "agent.layers": Int(1),
     "agent.critic_hidden": Int(1, optional=True),

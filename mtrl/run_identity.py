@@ -14,7 +14,7 @@ the config that continues it:
   the device string, the data path) or legitimately grow it (``train.steps`` /
   ``train.epochs`` to extend a run; ``env.vector``: the same transitions from
   subprocesses; ``train.nonfinite_skip``: the same update, skipped on the host or the
-  device): they are not in the hash, and may change on resume;
+  device; ``train.compile``: the same update, compiled, equal to float tolerance): they are not in the hash, and may change on resume;
 * ``resumable`` keys are part of the identity (a sweep over them gives one directory per
   value) but may change when the user resumes a directory explicitly
   (``hydra.run.dir=...``): the learning rate after a non-finite stop.
@@ -49,7 +49,7 @@ class KeyPolicy:
 RL_KEYS = KeyPolicy(
     untracked=frozenset({"device", "env.vector", "train.steps", "train.log_every", "train.diagnostics_every",
                          "train.checkpoint_every", "train.checkpoint_minutes", "train.max_nonfinite",
-                         "train.nonfinite_skip"}),
+                         "train.nonfinite_skip", "train.compile"}),
     resumable=frozenset({"agent.lr", "agent.actor_lr", "agent.critic_lr", "agent.alpha_lr"}),
     in_path=frozenset({"env", "agent", "aggregator", "seed", "sweep"}),
 )

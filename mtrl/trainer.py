@@ -32,6 +32,7 @@ from aggregators import diagnostics
 from . import config_checks
 from .aggregation import ComponentBackward, host_state
 from .checkpoint import CheckpointError, load, save_atomic
+from .compiled_update import compile_update
 from .host_memory import keep_freed_memory
 from .configuration import ConfigError, build_aggregator, resolve_device
 from .run_identity import RL_KEYS, check_continuation
@@ -205,6 +206,9 @@ class Trainer:
         self.agent = build_agent(cfg, self.env, self.device)
         #: where a non-finite update is skipped: "host" or "device" (no sync in the update)
         self.nonfinite_skip = "device" if self.agent.device_skip else "host"
+        #: ``train.compile``: the agent's update stays eager or is replaced by its compiled form
+        self.compile = str(t.get("compile", "off"))
+        self.agent.update = compile_update(self.agent.update, self.compile)
         #: the aggregator of each component (the agent holds them inside its backwards)
         self.aggregators = {c: b.aggregator for c, b in self.agent.backward.items()}
         self.buffer = ReplayBuffer(k, self.env.obs_dim, self.env.act_dim, int(t["buffer_size"]), self.device)

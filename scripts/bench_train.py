@@ -21,10 +21,9 @@ count.  Columns:
 * ``sim share``: env wait / step time;
 * ``2M h``: projected hours for the published protocol's 2M steps at this rate.
 
-``--compile off default`` also times the agent's update wrapped in ``torch.compile`` (the
-whole update, in the given mode; ``autograd.grad`` breaks the graph).  This measures the
-compiler, it is not yet a training option: the first calls, with the compile, fall in the
-warm-up.
+``--compile`` (default ``off default``: eager and compiled) sets ``train.compile`` per row
+(the whole update under ``torch.compile``, see :mod:`mtrl.compiled_update`); the first
+calls, with the compile, fall in the warm-up.  ``max`` adds CUDA graphs on a GPU.
 
 ``--skip host device`` also compares where a non-finite update is skipped
 (``train.nonfinite_skip``; the device-side skip copies and restores the step's state).
@@ -49,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import envs  # noqa: E402
+from mtrl.compiled_update import MODES as COMPILE_MODES  # noqa: E402
 from mtrl.trainer import Trainer, build_env, uniform_actions, vector_strategy  # noqa: E402
 
 PROTOCOL_STEPS = 2_000_000
@@ -86,28 +86,14 @@ class Timed:
         return out
 
 
-def compiled(fn, mode: str):
-    """``fn`` under ``torch.compile(mode=...)``; the engine's backwards keep the graph, which
-    AOTAutograd's donated buffers do not allow."""
-    import torch._functorch.config
-
-    inner = torch.compile(fn, mode=None if mode == "default" else mode)
-
-    def call(*args, **kwargs):
-        with torch._functorch.config.patch(donated_buffer=False):
-            return inner(*args, **kwargs)
-    return call
-
-
 def run_one(args, method: str, vector: str, skip: str, compile_mode: str = "off") -> dict:
     overrides = [f"aggregator={method}", f"device={args.device}", f"env.vector={vector}", f"train.nonfinite_skip={skip}",
+                 f"train.compile={compile_mode}",
                  f"train.steps={args.seed_steps + args.warmup + args.steps - 1}", f"train.seed_steps={args.seed_steps}",
                  "train.initial_updates=1", "train.eval_every=100000000", "train.checkpoint_every=100000000", *args.override]
     cfg = compose(args.experiment, overrides)
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         trainer = Trainer(cfg, tmp)
-        if compile_mode != "off":
-            trainer.agent.update = compiled(trainer.agent.update, compile_mode)
         try:
             # the update of step s runs between its step_async and step_wait: the first
             # update is in the seed_steps-th step, so the timed waits follow the timed updates
@@ -161,9 +147,8 @@ def main(argv=None) -> None:
     p.add_argument("--vector", nargs="+", default=["auto"], choices=["auto", *envs.VECTOR_STRATEGIES])
     p.add_argument("--skip", nargs="+", default=["auto"], choices=["auto", "host", "device"],
                    help="train.nonfinite_skip: where a non-finite update is skipped")
-    p.add_argument("--compile", nargs="+", default=["off"],
-                   choices=["off", "default", "reduce-overhead", "max-autotune"],
-                   help="also time the update under torch.compile in these modes")
+    p.add_argument("--compile", nargs="+", default=["off", "default"],
+                   choices=list(COMPILE_MODES), help="train.compile: also time the compiled update")
     p.add_argument("--no-floor", action="store_true", help="leave out the simulator floor")
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=300, help="timed steps (one update each) per configuration")

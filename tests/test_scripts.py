@@ -65,7 +65,7 @@ def test_bench_update_script_prints_ratios(capsys):
 def test_bench_train_script_times_the_loop(tmp_path, capsys):
     rows_path = tmp_path / "rows.json"
     _script("bench_train").main(["--experiment", "point_mass_quick", "--methods", "ls", "pivrg", "--steps", "30",
-                                 "--warmup", "5", "--seed-steps", "20", "--skip", "host", "device",
+                                 "--warmup", "5", "--seed-steps", "20", "--skip", "host", "device", "--compile", "off",
                                  "--json", str(rows_path), "agent.hidden=16", "agent.layers=1", "train.batch_size=40"])
     out = capsys.readouterr().out
     assert "2M h" in out and "pivrg" in out and "env alone" in out

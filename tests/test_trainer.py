@@ -163,6 +163,8 @@ def test_bad_configs_raise_config_errors(tmp_path):
         prepare_config(point_mass_cfg("moco", nonfinite_skip="device"))
     with pytest.raises(ConfigError, match="train.nonfinite_skip must be one of"):
         prepare_config(point_mass_cfg(nonfinite_skip="gpu"))
+    with pytest.raises(ConfigError, match="train.compile must be one of off, default, max"):
+        prepare_config(point_mass_cfg(compile="reduce-overhead"))
     with pytest.raises(ConfigError, match="env.vector must be one of"):
         prepare_config({**point_mass_cfg(), "env": {**point_mass_cfg()["env"], "vector": "threads"}})
 
@@ -320,3 +322,33 @@ def test_success_table_names_the_best_evaluation_and_its_step():
     assert table.splitlines()[-1].split() == ["mean", "0.50", "(step", "11,000;", "best", "over", "training:",
                                               "1.00", "at", "step", "7,050)"]
     assert "best" not in format_success_table(evals[-1])
+
+
+@pytest.mark.slow
+def test_compiled_update_equals_eager(tmp_path):
+    """train.compile=default gives the eager run to float tolerance: the same noise
+    (fallback_random), and with pivrg the Gram matrices of the per-task gradients taken to
+    the recorded layer outputs (they were zeros under compile before those outputs became
+    graph boundaries, and the weights with them)."""
+    torch.set_num_threads(1)
+    runs = {}
+    for mode in ("off", "default"):
+        tr = Trainer(point_mass_cfg("pivrg", steps=506, compile=mode, log_every=1, diagnostics_every=0),
+                     tmp_path / mode)
+        assert tr.compile == mode
+        logged = []
+        tr.log.scalars = lambda values, step, logged=logged: logged.append(dict(values))
+        tr.train()
+        runs[mode] = ({n: p.detach().clone() for m in tr.agent.modules().values() for n, p in m.state_dict().items()},
+                      [r for r in logged if any(key.startswith("critic_weights/") for key in r)])
+        tr.close()
+    (eager, eager_log), (compiled, compiled_log) = runs["off"], runs["default"]
+    assert len(eager_log) == len(compiled_log) == 7      # the updates of steps 500 to 506
+    for a, b in zip(eager_log, compiled_log):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+        assert min(v for key, v in b.items() if key.startswith("actor_weights/")) > 0
+    assert eager.keys() == compiled.keys()
+    for name in eager:
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=1e-5, msg=name)
