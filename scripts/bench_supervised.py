@@ -54,8 +54,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import aggregators  # noqa: E402
-from mtrl.supervised.celeba import ATTRIBUTES, CelebABenchmark  # noqa: E402
-from mtrl.supervised.qm9 import DEFAULT_TARGETS, NODE_FEATURES, TARGET_NAMES, CompleteGraph, QM9Benchmark  # noqa: E402
+from mtrl.supervised.benchmarks.celeba import CelebABenchmark  # noqa: E402
+from mtrl.supervised.data.celeba import ATTRIBUTES  # noqa: E402
+from mtrl.supervised.benchmarks.qm9 import DEFAULT_TARGETS, TARGET_NAMES, QM9Benchmark  # noqa: E402
+from mtrl.supervised.data.qm9 import NODE_FEATURES, CompleteGraph  # noqa: E402
 from mtrl.supervised.trainer import MODES, SupervisedTrainer  # noqa: E402
 
 AGGREGATORS = ("ls", "pivrg", "consmtl", "nash_mtl", "fairgrad", "cagrad", "pcgrad", "famo", "mgda", "aligned_mtl")
@@ -64,9 +66,9 @@ PAPER_BATCH = {"qm9": 120, "celeba": 256, "nyuv2": 2, "cityscapes": 8, "cityscap
 CPU_BATCH = {"qm9": 4, "celeba": 2, "nyuv2": 1, "cityscapes": 2, "cityscapes3": 2, "pascal_context": 2}
 #: paper 002 / 004 benchmarks: shape of the written images, their default models (PSPNet, ResNet-18 + ASPP)
 SUITES = {"cityscapes3": (256, 512), "pascal_context": (512, 512)}
-SCENE = {"nyuv2": ("mtrl.supervised.nyuv2:NYUv2Benchmark", {"segmentation": "label", "depth": "depth",
+SCENE = {"nyuv2": ("mtrl.supervised.benchmarks.nyuv2:NYUv2Benchmark", {"segmentation": "label", "depth": "depth",
                                                             "normal": "normal"}, 13, (288, 384)),
-         "cityscapes": ("mtrl.supervised.cityscapes:CityscapesBenchmark", {"segmentation": "label_7",
+         "cityscapes": ("mtrl.supervised.benchmarks.cityscapes:CityscapesBenchmark", {"segmentation": "label_7",
                                                                            "depth": "depth"}, 7, (128, 256))}
 QUICK = {"qm9_batch": 4, "qm9_atoms": (4, 8), "qm9_hidden": 16, "celeba_batch": 2, "image_size": 16,
          "nyuv2_batch": 1, "cityscapes_batch": 2, "scene_size": (32, 64), "scene_filters": (4, 8, 8, 16, 16),
@@ -126,8 +128,8 @@ def scene_setup(name: str, batch_size: int, size, filters, data_root: str):
     shape and the model options (SegNet-MTAN with ``filters``)."""
     import importlib
 
-    from mtrl.supervised.mtan_scene import write_scene
-    from mtrl.supervised.segnet_mtan import FILTERS
+    from mtrl.supervised.testing import write_scene
+    from mtrl.supervised.models.segnet_mtan import FILTERS
 
     target, folders, classes, default = SCENE[name]
     shape = tuple(size or default)
@@ -146,11 +148,11 @@ def suite_setup(name: str, batch_size: int, shape, data_root: str):
 
     root = os.path.join(data_root, name)
     if name == "cityscapes3":
-        from mtrl.supervised.cityscapes_official import write_cityscapes_official
+        from mtrl.supervised.testing import write_cityscapes_official
         write_cityscapes_official(root, {"train": batch_size, "val": 1}, shape)
         bench = benchmark_class(name)(root, image_size=shape)
     else:
-        from mtrl.supervised.nyud_pascal import write_pascal_context
+        from mtrl.supervised.testing import write_pascal_context
         write_pascal_context(root, batch_size, 1, shape)
         bench = benchmark_class(name)(root, size=shape)
     return bench, next(iter(bench.loader("train", batch_size, shuffle=False))), shape, {}

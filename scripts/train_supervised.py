@@ -44,7 +44,7 @@ def main() -> None:
     @hydra.main(config_path=str(CONFIGS), config_name="supervised", version_base="1.3")
     def run(cfg) -> None:
         from mtrl.configuration import ConfigError
-        from mtrl.supervised.benchmark import DataError, DatasetNotFound
+        from mtrl.supervised.data.errors import DataError, DatasetNotFound
         from mtrl.supervised.trainer import SupervisedTrainer, prepare_config
 
         hc = HydraConfig.get()

@@ -1,5 +1,5 @@
 """Saliency / edge / depth-RMSE / mean-angle tasks of paper 004's NYUD-v2 and PASCAL-Context
-benchmarks (mtrl.supervised.boundary_tasks): losses and split metrics against hand-computed values."""
+benchmarks (mtrl.supervised.tasks.boundary): losses and split metrics against hand-computed values."""
 
 import math
 import sys
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtrl.supervised.boundary_tasks import (EDGE_MAX_DIST, EDGE_THRESHOLDS_REFERENCE, SALIENCY_THRESHOLDS,
+from mtrl.supervised.tasks.boundary import (EDGE_MAX_DIST, EDGE_THRESHOLDS_REFERENCE, SALIENCY_THRESHOLDS,
                                             DepthRMSETask, EdgeTask, NormalL1Task, SaliencyTask, balanced_bce,
                                             thin)
 

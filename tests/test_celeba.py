@@ -4,10 +4,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mtrl.supervised.benchmark import DatasetNotFound
-from mtrl.supervised.celeba import (ATTRIBUTES, STL_F1, CelebABenchmark, CelebACNN, CelebAF1, read_attributes,
-                                    read_partition)
-from celeba_data import layout_paths, write_celeba
+from mtrl.supervised.data.errors import DatasetNotFound
+from mtrl.supervised.benchmarks.celeba import STL_F1, CelebABenchmark, CelebAF1
+from mtrl.supervised.data.celeba import ATTRIBUTES, read_attributes, read_partition
+from mtrl.supervised.models.celeba_cnn import CelebACNN
+from mtrl.supervised.testing import layout_paths, write_celeba
 
 
 

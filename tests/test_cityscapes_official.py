@@ -1,4 +1,4 @@
-"""Cityscapes three-task data from the official folders (mtrl/supervised/cityscapes_official.py):
+"""Cityscapes three-task data from the official folders (mtrl/supervised/data/cityscapes_official.py):
 trainIds, instance offsets, disparity decoding, image preprocessing, augmentation and file
 discovery, checked against hand-computed values."""
 
@@ -7,11 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mtrl.supervised.benchmark import DatasetNotFound
-from mtrl.supervised.cityscapes_official import (CityscapesOfficialSplit, decode_disparity, find_samples,
-                                                 instance_offsets, preprocess_image, rotate_flip, train_ids,
-                                                 write_cityscapes_official)
-from mtrl.supervised.dense_benchmark import collate
+from mtrl.supervised.data.errors import DatasetNotFound
+from mtrl.supervised.data.cityscapes_official import CityscapesOfficialSplit, decode_disparity, find_samples, instance_offsets, preprocess_image, rotate_flip, train_ids
+from mtrl.supervised.testing import write_cityscapes_official
+from mtrl.supervised.benchmarks.dense import collate
 
 I = 250.0
 

@@ -1,4 +1,4 @@
-"""The dense-vision encoder-decoder models (``mtrl/supervised/dense_models.py``): output shapes
+"""The dense-vision encoder-decoder models (``mtrl/supervised/models/dense.py``): output shapes
 and upsampling, the stride-8 dilation, the shared/task parameter split (with hand-counted
 parameter numbers), that z depends on the encoder only, local ImageNet weights (round trip,
 missing file, wrong file), the factory, and ``aggregators.backward`` in feature-level mode."""
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import aggregators
-from mtrl.supervised.dense_models import (PSPNet, WeightsNotFound, build_dense_model, load_backbone_weights,
+from mtrl.supervised.models.dense import (PSPNet, WeightsNotFound, build_dense_model, load_backbone_weights,
                                           nostride_dilate)
-from mtrl.supervised.dense_tasks import DepthTask, NormalTask, SegmentationTask
+from mtrl.supervised.tasks.dense import DepthTask, NormalTask, SegmentationTask
 
 B, H, W = 2, 32, 64
 HRNET_SMALL = "hrnet_w18_small_v2"   # the reference's "HRNet-18"; smaller than hrnet_w18, so faster here
@@ -224,7 +224,7 @@ def test_missing_weights_file_says_what_to_put_where(tmp_path, name, expected):
 
 def test_wrong_weights_file_is_refused(tmp_path, models):
     torchvision = pytest.importorskip("torchvision")
-    from mtrl.supervised.dense_models import dilated_resnet
+    from mtrl.supervised.models.dense import dilated_resnet
     trunk = dilated_resnet(18)
     state = torchvision.models.resnet18().state_dict()
     missing = dict(state)

@@ -13,7 +13,7 @@ import torch
 
 import aggregators
 from mtrl.configuration import ConfigError
-from mtrl.supervised.dense_tasks import DisparityTask, InstanceOffsetTask
+from mtrl.supervised.tasks.dense import DisparityTask, InstanceOffsetTask
 from mtrl.supervised.trainer import SupervisedTrainer
 from supervised_runs import printed_dm_matches, run_config, train_run
 
@@ -22,13 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from mtrl.supervised.cityscapes_official import write_cityscapes_official
-    from mtrl.supervised.nyud_pascal import write_nyud, write_pascal_context
+    from mtrl.supervised.testing import write_cityscapes_official
+    from mtrl.supervised.testing import write_nyud, write_pascal_context
     root = tmp_path_factory.mktemp("suites")
     write_cityscapes_official(root / "cityscapes3", {"train": 4, "val": 2}, (64, 128))
     write_nyud(root / "nyud", 4, 2, (32, 48))
     write_pascal_context(root / "pascal_context", 4, 2, (32, 32))
-    from mtrl.supervised.mtan_scene import write_scene
+    from mtrl.supervised.testing import write_scene
     write_scene(root / "nyuv2_pspnet", {"segmentation": "label", "depth": "depth", "normal": "normal"}, 13,
                 {"train": 4, "val": 2}, (32, 64))
     return root
@@ -252,7 +252,7 @@ def test_training_epochs_estimate_edge_odsf_cheaply(data):
     """The training split's odsF (PIVRG's feed on these sets) matches the first image of
     each batch at 5 thresholds; evaluation splits keep every image and threshold."""
     pytest.importorskip("pyEdgeEval")
-    from mtrl.supervised.boundary_tasks import EdgeODSF
+    from mtrl.supervised.tasks.boundary import EdgeODSF
     from mtrl.supervised.registry import benchmark_class
     bench = benchmark_class("nyud")(data / "nyud", **{**OPTIONS["nyud"], "edge_thresholds": 19})
     train_edge, eval_edge = bench.train_metric_state().states[-1], bench.metric_state().states[-1]

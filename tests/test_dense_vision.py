@@ -16,14 +16,15 @@ import torch
 
 import aggregators
 from aggregators.performance import performance_weights
-from mtrl.supervised.benchmark import DatasetNotFound
-from mtrl.supervised.cityscapes import CityscapesBenchmark
-from mtrl.supervised.dense_tasks import (ConfusionMatrix, DepthErrors, DepthTask, NormalAngles, NormalTask,
+from mtrl.supervised.data.errors import DatasetNotFound
+from mtrl.supervised.benchmarks.cityscapes import CityscapesBenchmark
+from mtrl.supervised.tasks.dense import (ConfusionMatrix, DepthErrors, DepthTask, NormalAngles, NormalTask,
                                          SegmentationTask)
-from mtrl.supervised.mtan_scene import scale_crop_flip, write_scene
-from mtrl.supervised.nyuv2 import NYUv2Benchmark
+from mtrl.supervised.data.mtan_scene import scale_crop_flip
+from mtrl.supervised.testing import write_scene
+from mtrl.supervised.benchmarks.nyuv2 import NYUv2Benchmark
 from mtrl.supervised.registry import benchmark_metrics
-from mtrl.supervised.segnet_mtan import SegNetMTAN
+from mtrl.supervised.models.segnet_mtan import SegNetMTAN
 from mtrl.supervised.tables import load_runs, summarize_runs, table_markdown
 from mtrl.supervised.trainer import SupervisedTrainer
 from supervised_runs import printed_dm_matches, run_config, train_run

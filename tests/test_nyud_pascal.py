@@ -1,4 +1,4 @@
-"""NYUD-v2 / PASCAL-Context data in the MTL reference layouts (mtrl.supervised.nyud_pascal):
+"""NYUD-v2 / PASCAL-Context data in the MTL reference layouts (mtrl.supervised.data.nyud_pascal):
 value conventions checked against hand-computed targets."""
 
 import math
@@ -8,12 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mtrl.supervised.benchmark import DatasetNotFound
-from mtrl.supervised.dense_benchmark import collate
-from mtrl.supervised.nyud_pascal import (
-    IGNORE, IMAGENET_MEAN, IMAGENET_STD, NYUD_SCALES, NYUDSplit, PascalContextSplit, flip,
-    label_map_boundary, label_map_edges, read_human_parts, scale_rotate, thin, write_human_parts_mat, write_label_map, write_nyud,
-    write_pascal_context)
+from mtrl.supervised.data.errors import DatasetNotFound
+from mtrl.supervised.benchmarks.dense import collate
+from mtrl.supervised.data.nyud_pascal import IGNORE, IMAGENET_MEAN, IMAGENET_STD, NYUD_SCALES, NYUDSplit, PascalContextSplit, flip, label_map_boundary, label_map_edges, read_human_parts, scale_rotate, thin
+from mtrl.supervised.testing import write_human_parts_mat, write_label_map, write_nyud, write_pascal_context
 
 SHAPE = (8, 12)
 

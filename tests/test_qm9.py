@@ -5,9 +5,9 @@ import torch
 import torch_geometric.datasets.qm9 as pyg_qm9
 from torch_geometric.datasets import QM9
 
-from mtrl.supervised.benchmark import DatasetNotFound
-from mtrl.supervised.qm9 import QM9Benchmark
-from qm9_data import write_qm9
+from mtrl.supervised.data.errors import DatasetNotFound
+from mtrl.supervised.benchmarks.qm9 import QM9Benchmark
+from mtrl.supervised.testing import write_qm9
 
 N_MOLECULES = 40
 SPLIT = (8, 8)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from celeba_data import layout_paths, write_celeba
+from mtrl.supervised.testing import layout_paths, write_celeba
 from mtrl import config_checks
 from mtrl.configuration import ConfigError
 from mtrl.run_files import DiskFullError, remove_temp_files, write_json_atomic

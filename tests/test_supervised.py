@@ -13,10 +13,10 @@ import torch
 
 import aggregators
 from aggregators.performance import performance_weights
-from celeba_data import write_celeba
-from mtrl.supervised.benchmark import DatasetNotFound
+from mtrl.supervised.testing import write_celeba
+from mtrl.supervised.data.errors import DatasetNotFound
 from mtrl.supervised.trainer import SupervisedTrainer, selection_score
-from qm9_data import write_qm9
+from mtrl.supervised.testing import write_qm9
 from supervised_runs import run_config, train_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +141,7 @@ def test_a_killed_run_resumes_after_its_last_epoch(data, tmp_path):
 @pytest.mark.slow
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetNotFound):
-        from mtrl.supervised.qm9 import QM9Benchmark
+        from mtrl.supervised.benchmarks.qm9 import QM9Benchmark
         QM9Benchmark(tmp_path / "nothing")
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_supervised.py"), "benchmark=celeba",
                           f"data.root={tmp_path / 'nothing'}", f"hydra.run.dir={tmp_path / 'run'}"],

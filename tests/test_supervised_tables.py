@@ -10,11 +10,11 @@ import os
 import numpy as np
 import pytest
 
-from mtrl.supervised import celeba, qm9
+from mtrl.supervised.benchmarks import celeba, qm9
 from mtrl.supervised.registry import benchmark_metrics
 from mtrl.supervised.tables import FIXED_COLUMNS, load_runs, summarize_runs, write_tables
-from celeba_data import write_celeba
-from qm9_data import write_qm9
+from mtrl.supervised.testing import write_celeba
+from mtrl.supervised.testing import write_qm9
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The Nash-MTL single-task MAEs, in the order of the 11 default QM9 targets (written out

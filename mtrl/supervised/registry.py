@@ -8,14 +8,14 @@ import inspect
 
 #: name -> "module:class" under mtrl.supervised
 BENCHMARKS = {
-    "qm9": "qm9:QM9Benchmark",
-    "celeba": "celeba:CelebABenchmark",
-    "nyuv2": "nyuv2:NYUv2Benchmark",
-    "cityscapes": "cityscapes:CityscapesBenchmark",
-    "nyuv2_pspnet": "nyuv2:NYUv2PSPNetBenchmark",
-    "cityscapes3": "cityscapes3:Cityscapes3Benchmark",
-    "nyud": "nyud_pascal_benchmarks:NYUDBenchmark",
-    "pascal_context": "nyud_pascal_benchmarks:PascalContextBenchmark",
+    "qm9": "benchmarks.qm9:QM9Benchmark",
+    "celeba": "benchmarks.celeba:CelebABenchmark",
+    "nyuv2": "benchmarks.nyuv2:NYUv2Benchmark",
+    "cityscapes": "benchmarks.cityscapes:CityscapesBenchmark",
+    "nyuv2_pspnet": "benchmarks.nyuv2:NYUv2PSPNetBenchmark",
+    "cityscapes3": "benchmarks.cityscapes3:Cityscapes3Benchmark",
+    "nyud": "benchmarks.nyud_pascal:NYUDBenchmark",
+    "pascal_context": "benchmarks.nyud_pascal:PascalContextBenchmark",
 }
 
 

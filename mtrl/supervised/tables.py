@@ -39,7 +39,7 @@ from ..run_files import read_config, read_status
 from ..summary import (Problem, column_sem, flatten_config, markdown_table, seed_order, variant_labels, write_csv, find_run_dirs,
                        problems_markdown, sem)
 from ..run_identity import SUPERVISED_KEYS
-from .benchmark import Metric
+from .benchmarks.base import Metric
 from .registry import benchmark_metrics
 
 # Config keys that do not change what a run computes: runs differing only here are seeds

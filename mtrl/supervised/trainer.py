@@ -46,7 +46,8 @@ from ..configuration import ConfigError, build_aggregator, resolve_device
 from ..metrics_log import RunLogger
 from ..run_files import write_json_atomic
 from ..run_identity import SUPERVISED_KEYS, check_continuation
-from .benchmark import Benchmark, DataError, DatasetNotFound
+from .benchmarks.base import Benchmark
+from .data.errors import DataError, DatasetNotFound
 
 CHECKPOINT_FORMAT = 2
 MODES = config_checks.SUPERVISED_RULES["mode"].values

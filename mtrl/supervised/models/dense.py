@@ -58,8 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .benchmark import MultiTaskModel
-from .dense_tasks import DenseTask
+from .base import MultiTaskModel
+from ..tasks.dense import DenseTask
 
 OUTPUT_STRIDE = 8          # of the dilated ResNets
 PSP_BINS = (1, 2, 3, 6)

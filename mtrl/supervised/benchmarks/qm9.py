@@ -19,13 +19,15 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 import torch_geometric.transforms as T
-from torch import Tensor, nn
-from torch_geometric.data import Batch, Data
+from torch import Tensor
+from torch_geometric.data import Batch
 from torch_geometric.datasets import QM9
 from torch_geometric.loader import DataLoader
-from torch_geometric.nn import NNConv, Set2Set
 
-from mtrl.supervised.benchmark import Benchmark, DatasetNotFound, Metric, MultiTaskModel
+from ..data.errors import DatasetNotFound
+from ..data.qm9 import EDGE_FEATURES, NODE_FEATURES, CompleteGraph, ScaledTargets, missing_files_message
+from ..models.mpnn import MPNN
+from .base import Benchmark, Metric
 
 #: names of PyG's 19 QM9 targets, by column of ``data.y``
 TARGET_NAMES = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "u0", "u", "h", "g", "cv",
@@ -51,75 +53,6 @@ def metric_list(targets: Sequence[int] = DEFAULT_TARGETS) -> list[Metric]:
     return [Metric(f"{TARGET_NAMES[t]}_mae", TARGET_NAMES[t], False, STL_MAE[t]) for t in targets]
 
 
-NODE_FEATURES = 11     # atom-type one-hot (5), atomic number, aromatic, sp, sp2, sp3, #H
-EDGE_FEATURES = 5      # bond-type one-hot (4), distance
-
-
-class CompleteGraph(T.BaseTransform):
-    """Replaces the bond graph by the complete directed graph without self-loops (pairs in
-    row-major order); a pair's edge attribute is its bond one-hot, zero where unbonded."""
-
-    def forward(self, data: Data) -> Data:
-        n, device = data.num_nodes, data.edge_index.device
-        row, col = torch.meshgrid(torch.arange(n, device=device), torch.arange(n, device=device),
-                                  indexing="ij")
-        off_diagonal = row != col
-        row, col = row[off_diagonal], col[off_diagonal]
-        dense = data.edge_attr.new_zeros(n, n, data.edge_attr.size(-1))
-        dense[data.edge_index[0], data.edge_index[1]] = data.edge_attr
-        data.edge_index = torch.stack([row, col])
-        data.edge_attr = dense[row, col]
-        return data
-
-
-class ScaledTargets(T.BaseTransform):
-    """Keeps the chosen target columns of ``data.y`` and z-scores them: (y - mean) / std."""
-
-    def __init__(self, targets: Sequence[int], mean: Tensor, std: Tensor):
-        self.targets = torch.as_tensor(targets, dtype=torch.long)
-        self.mean, self.std = mean, std
-
-    def forward(self, data: Data) -> Data:
-        data.y = (data.y[:, self.targets] - self.mean) / self.std
-        return data
-
-
-class MPNN(MultiTaskModel):
-    """Gilmer et al.'s MPNN as used on QM9 by Nash-MTL: z = ReLU(W1 Set2Set(h_T)), with
-    h_0 = ReLU(W0 x) and T rounds of h_{t+1} = GRU(ReLU(NNConv(h_t)), h_t) whose NNConv
-    (edge network 5 -> 128 -> hidden^2, mean aggregation) and GRU weights are shared across
-    rounds; one Linear(hidden, 1) head per task."""
-
-    def __init__(self, num_tasks: int, hidden: int = 64, rounds: int = 3):
-        super().__init__()
-        edge_net = nn.Sequential(nn.Linear(EDGE_FEATURES, 128), nn.ReLU(),
-                                 nn.Linear(128, hidden * hidden))
-        self.rounds = rounds
-        self.encoder = nn.ModuleDict({
-            "embed": nn.Linear(NODE_FEATURES, hidden),
-            "conv": NNConv(hidden, hidden, edge_net, aggr="mean"),
-            "gru": nn.GRU(hidden, hidden),
-            "readout": Set2Set(hidden, processing_steps=3),
-            "project": nn.Linear(2 * hidden, hidden),
-        })
-        self.heads = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(num_tasks))
-
-    def encode(self, inputs: Batch) -> Tensor:
-        """The (num_graphs, hidden) graph representation z."""
-        enc = self.encoder
-        out = F.relu(enc["embed"](inputs.x))
-        h = out.unsqueeze(0)
-        for _ in range(self.rounds):
-            message = F.relu(enc["conv"](out, inputs.edge_index, inputs.edge_attr))
-            out, h = enc["gru"](message.unsqueeze(0), h)
-            out = out.squeeze(0)
-        return F.relu(enc["project"](enc["readout"](out, inputs.batch)))
-
-    def decode(self, z: Tensor) -> list[Tensor]:
-        """One (num_graphs, 1) prediction of the scaled target per task."""
-        return [head(z) for head in self.heads]
-
-
 class QM9MAE:
     """Per-target MAE over a split, in the original units (eV targets in meV)."""
 
@@ -141,23 +74,6 @@ class QM9MAE:
         return {name: float(v) for name, v in zip(self.names, mae)}
 
 
-def _missing_files_message(root: str) -> str | None:
-    """None when the raw files PyG's QM9 reads are under ``root``, else a one-line
-    ``DatasetNotFound`` message saying what is missing and where to get it."""
-    names = QM9.raw_file_names.fget(None)     # the same files QM9 itself would look for
-    paths = [os.path.join(root, "raw", name) for name in names]
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if not missing:
-        return None
-    if names == ["qm9_v3.pt"]:
-        source = f"unzip PyG's pre-processed QM9 archive {QM9.processed_url} into {root}/raw"
-    else:
-        source = (f"unzip {QM9.raw_url} into {root}/raw and save {QM9.raw_url2} there as "
-                  "uncharacterized.txt")
-    return (f"QM9 not found: missing {', '.join(missing)}; {source} "
-            "(nothing can be downloaded here)")
-
-
 class QM9Benchmark(Benchmark):
     """QM9 with the targets ``targets`` (PyG columns; task names from ``TARGET_NAMES``)."""
 
@@ -176,7 +92,7 @@ class QM9Benchmark(Benchmark):
             raise ValueError(f"split_sizes {tuple(split_sizes)} must be two positive sizes "
                              "(test, val)")
         root = os.path.expanduser(str(root))
-        message = _missing_files_message(root)
+        message = missing_files_message(root)
         if message is not None:
             raise DatasetNotFound(message)
 
@@ -221,7 +137,7 @@ class QM9Benchmark(Benchmark):
         return batch
 
     def build_model(self) -> MPNN:
-        return MPNN(self.num_tasks, hidden=self.hidden)
+        return MPNN(self.num_tasks, NODE_FEATURES, EDGE_FEATURES, hidden=self.hidden)
 
     def task_losses(self, outputs: list[Tensor], batch: Any) -> Tensor:
         """Per-target MSE between predictions and z-scored targets, a (k,) tensor."""

@@ -1,6 +1,6 @@
 """Saliency, edge, depth-RMSE and mean-angle normal tasks of paper 004's NYUD-v2 four-task and
 PASCAL-Context five-task benchmarks (``shared/docs/dense_suites.md``), with the task protocol
-of :mod:`mtrl.supervised.dense_tasks` (``kind``, ``out_channels``, ``activate``, ``loss``,
+of :mod:`mtrl.supervised.tasks.dense` (``kind``, ``out_channels``, ``activate``, ``loss``,
 ``metrics``, ``metric_state``).
 
 The definitions follow the public reference code of those benchmarks,
@@ -32,7 +32,7 @@ facebookresearch/astmt), and, for the edge metric, the SEISM MATLAB package it c
   R = cntR / sumR, F = 2 P R / (P + R), and the ODS F is the maximum over the thresholds
   (no interpolation between thresholds, unlike the BSDS500 / pyEdgeEval summary).  The
   matching is pyEdgeEval's ``correspond_pixels`` (a port of the BSDS ``correspondPixels``);
-  the thinning is :func:`thin` here, the Lam-Lee-Suen / Guo-Hall algorithm that ``bwmorph``
+  the thinning is :func:`~mtrl.supervised.tasks.morphology.thin`, the Lam-Lee-Suen / Guo-Hall algorithm that ``bwmorph``
   'thin' implements, repeated until the image no longer changes (pyEdgeEval's
   ``binary_thin`` uses the same lookup tables but stops as soon as a first subiteration
   changes nothing, which can leave pixels that ``bwmorph`` removes, and its package imports
@@ -59,7 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtrl.supervised.dense_tasks import DepthTask, normal_angles, valid_mask
+from .dense import DepthTask, normal_angles, valid_mask
+from .morphology import thin
 
 IGNORE_LABEL = 255
 SALIENCY_THRESHOLDS = tuple(np.linspace(0.2, 0.9, 15).tolist())
@@ -233,47 +234,6 @@ class EdgeTask:
         thresholds costs about 15 s on one core)."""
         return EdgeODSF(self.max_dist, min(self.num_thresholds, 5), self.quantize, self.ignore_index,
                         images_per_batch=1)
-
-
-def _neighbours(x: np.ndarray) -> list[np.ndarray]:
-    """x1 .. x8 of every pixel of a boolean image (zero outside): east, north-east, north,
-    north-west, west, south-west, south, south-east (Lam, Lee & Suen 1992 numbering)."""
-    p = np.pad(x, 1)
-    h, w = x.shape
-    at = lambda dy, dx: p[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]  # noqa: E731
-    return [at(0, 1), at(-1, 1), at(-1, 0), at(-1, -1), at(0, -1), at(1, -1), at(1, 0), at(1, 1)]
-
-
-def thin(image: np.ndarray) -> np.ndarray:
-    """Morphological thinning to 1-pixel-wide curves, repeated until nothing changes: MATLAB's
-    ``bwmorph(BW, 'thin', Inf)``, the two-subiteration parallel algorithm of Lam, Lee & Suen
-    (1992, p. 879; Guo & Hall 1989).  A foreground pixel is removed in subiteration 1 when
-    G1: X_H = 1, G2: 2 <= min(n1, n2) <= 3 and G3: (x2 | x3 | ~x8) & x1 == 0 hold, in
-    subiteration 2 with G3': (x6 | x7 | ~x4) & x5 == 0 instead, where X_H = #{i <= 4: ~x_{2i-1}
-    & (x_{2i} | x_{2i+1})}, n1 = #{k <= 4: x_{2k-1} | x_{2k}}, n2 = #{k <= 4: x_{2k} | x_{2k+1}}."""
-    x = np.asarray(image) != 0
-    if x.ndim != 2:
-        raise ValueError(f"thin expects a 2-D image, got shape {x.shape}")
-    x = x.copy()
-    while True:
-        changed = False
-        for sub in (0, 1):
-            n = _neighbours(x)
-            n.append(n[0])   # x9 = x1
-            xh = sum((~n[2 * i - 2] & (n[2 * i - 1] | n[2 * i])).astype(np.int8) for i in range(1, 5))
-            n1 = sum((n[2 * k - 2] | n[2 * k - 1]).astype(np.int8) for k in range(1, 5))
-            n2 = sum((n[2 * k - 1] | n[2 * k]).astype(np.int8) for k in range(1, 5))
-            m = np.minimum(n1, n2)
-            if sub == 0:
-                g3 = ~((n[1] | n[2] | ~n[7]) & n[0])
-            else:
-                g3 = ~((n[5] | n[6] | ~n[3]) & n[4])
-            remove = x & (xh == 1) & (m >= 2) & (m <= 3) & g3
-            if remove.any():
-                x &= ~remove
-                changed = True
-        if not changed:
-            return x
 
 
 def _correspond_pixels():

@@ -1,8 +1,8 @@
 """The shared part of the dense-vision benchmarks: a dataset per split whose items are
-(image, [one target per task]), task objects (:mod:`dense_tasks`) that give each task's
+(image, [one target per task]), task objects (:mod:`~mtrl.supervised.tasks.dense`) that give each task's
 loss and split-level metrics, single-task baselines, and the model chosen by the run
 config's ``model`` section.  Subclasses only read their on-disk layout
-(:mod:`mtan_scene` for the MTAN .npy sets)."""
+(:mod:`~mtrl.supervised.data.mtan_scene` for the MTAN .npy sets)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .benchmark import Benchmark, Metric, MultiTaskModel
-from .dense_tasks import DenseTask
-from .segnet_mtan import SegNetMTAN
+from ..models.base import MultiTaskModel
+from .base import Benchmark, Metric
+from ..tasks.dense import DenseTask
+from ..models.segnet_mtan import SegNetMTAN
 
 
 def collate(samples):
@@ -26,7 +27,7 @@ def collate(samples):
 
 class DenseBenchmark(Benchmark):
     """Subclasses set ``name``, ``tasks`` (names), ``dense_tasks`` (task objects of
-    :mod:`dense_tasks`), ``baselines`` ({metric name: single-task value}),
+    :mod:`~mtrl.supervised.tasks.dense`), ``baselines`` ({metric name: single-task value}),
     ``default_model`` and ``default_size``, and fill ``self.datasets`` ({split: a torch
     Dataset whose item is (image (3, H, W), [target of each task])}).
 
@@ -94,11 +95,11 @@ class DenseBenchmark(Benchmark):
     def build_model(self, name: str | None = None, **options) -> MultiTaskModel:
         """The model ``name`` (default: the benchmark's ``default_model``) for its tasks,
         with ``options`` (the run config's ``model`` section): ``segnet_mtan`` (``filters``)
-        or a model of :mod:`dense_models` (``weights``, ...)."""
+        or a model of :mod:`~mtrl.supervised.models.dense` (``weights``, ...)."""
         name = name or self.default_model
         if name == "segnet_mtan":
             return SegNetMTAN(self.dense_tasks, **options)
-        from .dense_models import build_dense_model
+        from ..models.dense import build_dense_model
         return build_dense_model(name, self.dense_tasks, **options)
 
     def task_losses(self, outputs: list[Tensor], batch) -> Tensor:

@@ -1,8 +1,8 @@
 """Cityscapes with three tasks (paper 002, Table 1): 19-class semantic segmentation,
 instance segmentation as (dy, dx) offset regression, disparity; read from the official
-Cityscapes folders (:mod:`cityscapes_official`: ``leftImg8bit``, ``gtFine`` label and
+Cityscapes folders (:mod:`~mtrl.supervised.data.cityscapes_official`: ``leftImg8bit``, ``gtFine`` label and
 instance ids, ``disparity``; ``val`` is the test split).  Default model: PSPNet on a
-dilated ResNet-50 (:mod:`dense_models`), decoders at 1/8 of the 256 x 512 input, where
+dilated ResNet-50 (:mod:`~mtrl.supervised.models.dense`), decoders at 1/8 of the 256 x 512 input, where
 the targets are.
 
 ``variant`` (recorded in every run's config): ``faithful`` reproduces the reference
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cityscapes_official import IGNORE, CityscapesOfficialSplit
-from .dense_benchmark import DenseBenchmark
-from .dense_tasks import DisparityTask, InstanceOffsetTask, SegmentationTask
+from ..data.cityscapes_official import IGNORE, CityscapesOfficialSplit
+from .dense import DenseBenchmark
+from ..tasks.dense import DisparityTask, InstanceOffsetTask, SegmentationTask
 
 #: Paper 002 Table 1's single-task row (mIoU %, instance L1 in pixels, disparity MSE).
 STL = {"semantic_miou": 66.73, "instance_l1": 10.55, "disparity_mse": 0.33}

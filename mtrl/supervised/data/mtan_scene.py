@@ -1,6 +1,6 @@
 """Scene-understanding benchmarks in the MTAN preprocessing (NYU-v2, Cityscapes): the
 on-disk layout, augmentation, and the benchmark class they share (a
-:class:`~mtrl.supervised.dense_benchmark.DenseBenchmark`).
+:class:`~mtrl.supervised.benchmarks.dense.DenseBenchmark`).
 
 Layout (``shared/docs/supervised_benchmarks.md``): ``root/{train,val}/<folder>/<i>.npy``
 with one folder per target plus ``image``; the sample count is the number of
@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .benchmark import DataError, DatasetNotFound
-from .dense_benchmark import DenseBenchmark
+from .errors import DataError, DatasetNotFound
 
 #: the test images live in the ``val`` folder of the MTAN preprocessing
 SPLIT_FOLDERS = {"train": "train", "test": "val"}
@@ -132,78 +131,3 @@ def scale_crop_flip(image: Tensor, targets: list[Tensor], kinds: Sequence[str], 
     return image, out
 
 
-class SceneBenchmark(DenseBenchmark):
-    """A dense scene benchmark in the MTAN layout: subclasses set what
-    :class:`DenseBenchmark` asks for plus ``folders`` (the target folder of each task; a
-    tuple lists accepted alternatives, first match wins).
-
-    Options: ``image_size`` (H, W) resizes every sample (e.g. a quick CPU preset; sides
-    must be divisible by 32 for the 5-level SegNet); ``augment`` the training
-    augmentation with ``scales``; and those of :class:`DenseBenchmark`.
-    """
-
-    folders: list[str | tuple[str, ...]]
-
-    def __init__(self, root: str | Path, image_size: Sequence[int] | None = None, augment: bool = False,
-                 scales: Sequence[float] = SCALES, **options):
-        if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
-            raise ValueError(f"image_size must be [height, width], got {image_size}")
-        super().__init__(root, **options)
-        folders = self.find_folders()
-        kinds = [t.kind for t in self.dense_tasks]
-        self.datasets = {split: SceneSplit(self.root / SPLIT_FOLDERS[split], folders, kinds, image_size,
-                                           augment=augment and split == "train", scales=scales)
-                         for split in self.splits}
-        empty = [s for s, d in self.datasets.items() if len(d) == 0]
-        if empty:
-            raise DatasetNotFound(f"{self.root / SPLIT_FOLDERS[empty[0]] / 'image'} has no .npy files")
-
-    def find_folders(self) -> list[str]:
-        """Each task's folder name in this copy of the data (``label_7`` or ``label``, ...)."""
-        expected = ", ".join(f"{s}/{{image,{','.join(f if isinstance(f, str) else f[0] for f in self.folders)}}}/"
-                             for s in SPLIT_FOLDERS.values())
-        if not all((self.root / s / "image").is_dir() for s in SPLIT_FOLDERS.values()):
-            raise DatasetNotFound(f"{self.name} not found under {self.root}: expected the MTAN preprocessing "
-                                  f"{expected} with one <i>.npy per image")
-        found = []
-        for options in self.folders:
-            options = (options,) if isinstance(options, str) else options
-            hit = next((o for o in options if all((self.root / s / o).is_dir() for s in SPLIT_FOLDERS.values())), None)
-            if hit is None:
-                raise DatasetNotFound(f"{self.name} under {self.root}: no {' or '.join(options)} folder in both "
-                                      f"train/ and val/ (expected {expected})")
-            found.append(hit)
-        return found
-
-
-def write_scene(root: str | Path, folders: dict[str, str], num_classes: int, sizes: dict[str, int],
-                shape: tuple[int, int], seed: int = 0) -> Path:
-    """Random data in the MTAN layout (tests, speed benchmarks, smoke runs): ``sizes``
-    {"train": n, "val": m} images of ``shape`` under ``root``; ``folders`` maps a target
-    kind (segmentation, depth, normal) to its folder name.  Labels have about 10% ignored
-    pixels, depths about 10% invalid ones, normals about 10% zero vectors; everything else
-    is smooth enough to learn (targets are blurred functions of the image)."""
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    h, w = shape
-    for split, n in sizes.items():
-        for folder in ["image", *folders.values()]:
-            (root / split / folder).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            image = rng.random((h, w, 3)).astype(np.float32)
-            coarse = image.reshape(h // 4, 4, w // 4, 4, 3).mean((1, 3)).repeat(4, 0).repeat(4, 1)
-            invalid = rng.random((h, w)) < 0.1
-            np.save(root / split / "image" / f"{i}.npy", image)
-            for kind, folder in folders.items():
-                if kind == "segmentation":
-                    a = np.minimum((coarse[..., 0] * num_classes).astype(np.int64), num_classes - 1).astype(np.float32)
-                    a[invalid] = -1
-                elif kind == "depth":
-                    a = (0.5 + 3 * coarse[..., 1:2]).astype(np.float32)
-                    a[invalid] = 0
-                else:
-                    v = coarse - 0.5 + np.array([0, 0, 1.0])
-                    a = (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
-                    a[invalid] = 0
-                np.save(root / split / folder / f"{i}.npy", a)
-    return root

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .benchmark import MultiTaskModel
-from .dense_tasks import DenseTask
+from .base import MultiTaskModel
+from ..tasks.dense import DenseTask
 
 FILTERS = (64, 128, 256, 512, 512)
 

@@ -1,12 +1,12 @@
 """Cityscapes, two tasks (7-class segmentation, depth), MTAN preprocessing: 2,975
 training and 500 test images of 128 x 256 (PIVRG Table 2, ConsMTL Table 2).  The label
 folder is ``label_7`` in the MTAN release and ``label`` in some re-packagings; both are
-accepted.  Shared logic: :mod:`mtan_scene`."""
+accepted.  Shared logic: :mod:`~mtrl.supervised.data.mtan_scene`."""
 
 from __future__ import annotations
 
-from .dense_tasks import DepthTask, SegmentationTask
-from .mtan_scene import SceneBenchmark
+from ..tasks.dense import DepthTask, SegmentationTask
+from .scene import SceneBenchmark
 
 #: Single-task-learning rows of the papers' dm% (mIoU, pixel accuracy in %; depth errors
 #: in the data's units, the relative error as a plain ratio, as the tables print it).

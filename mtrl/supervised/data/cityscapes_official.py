@@ -40,7 +40,7 @@ maps are the mirrored offsets with dx negated); then the image is resized biline
 (half-pixel centres, no antialiasing, as ``cv2.resize``) and the targets by nearest
 neighbour (source index floor(i * H_in / H_out), as ``cv2.INTER_NEAREST``).  The angle and
 the flip come from the numpy Generator ``rng`` (the loader sets it per epoch and per
-worker, like :class:`mtan_scene.SceneSplit`); SL draws them from ``random.SystemRandom``.
+worker, like :class:`~mtrl.supervised.data.mtan_scene.SceneSplit`); SL draws them from ``random.SystemRandom``.
 
 Instance targets (SL ``encode_instancemap``): pixels whose semantic label is ignored, whose
 instanceIds value is a stuff label id (7-23) or 0 get 250; every other distinct
@@ -73,10 +73,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .benchmark import DataError, DatasetNotFound
+from .errors import DataError, DatasetNotFound
 
 __all__ = ["CityscapesOfficialSplit", "CityscapesSample", "find_samples", "train_ids", "instance_offsets",
-           "decode_disparity", "preprocess_image", "rotate_flip", "read_raw", "write_cityscapes_official",
+           "decode_disparity", "preprocess_image", "rotate_flip", "read_raw",
            "IGNORE", "VALID_LABEL_IDS", "THING_LABEL_IDS", "VARIANTS"]
 
 IGNORE = 250
@@ -321,69 +321,3 @@ class CityscapesOfficialSplit(Dataset):
         offsets = torch.from_numpy(np.ascontiguousarray(_nearest(instance_offsets(instances, scale), self.target_size)))
         disp = decode_disparity(_nearest(disparity, self.target_size), self.variant)
         return image.contiguous(), [semantic, offsets, torch.from_numpy(np.ascontiguousarray(disp))[None]]
-
-
-#: the synthetic scenes' stuff layout (label ids): sky, building, vegetation, road, sidewalk
-_SKY, _BUILDING, _VEGETATION, _ROAD, _SIDEWALK = 23, 11, 21, 7, 8
-_COLOURS = {0: (0, 0, 0), 7: (128, 64, 128), 8: (244, 35, 232), 11: (70, 70, 70), 21: (107, 142, 35),
-            23: (70, 130, 180), 24: (220, 20, 60), 26: (0, 0, 142), 29: (0, 0, 90), 33: (119, 11, 32)}
-
-
-def write_cityscapes_official(root: str | Path, sizes: dict[str, int] | None = None, shape: tuple[int, int] = (64, 128),
-                              seed: int = 0) -> Path:
-    """Random scenes in exactly the official layout (tests, smoke runs): ``sizes``
-    {"train": n, "val": m} images of ``shape`` (H, W), stems ``<city>_<seq>_<frame>``.
-    Each scene: sky / building / vegetation on top, sidewalk and road below, a void band
-    (id 0) at the bottom; hand-placed things in instanceIds: two cars (26000, 26001), a
-    person (24000), a crowd of persons (value 24), a bicycle (33000) and a caravan (29000,
-    void in the 19 classes); the image is each class's colour plus noise; disparity PNG
-    p = 1 + 256 d with d growing towards the bottom, about 10% invalid (0) pixels."""
-    sizes = {"train": 2, "val": 1} if sizes is None else sizes
-    h, w = shape
-    if h < 16 or w < 32:
-        raise ValueError(f"shape must be at least (16, 32) to place the objects, got {shape}")
-    unknown = set(sizes) - {"train", "val"}
-    if unknown:
-        raise ValueError(f"sizes keys must be 'train' and/or 'val', got {sorted(unknown)}")
-    from PIL import Image
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    rows = np.arange(h)[:, None].repeat(w, 1)
-    for split, n in sizes.items():
-        for i in range(n):
-            city = f"city{i % 2}"
-            stem = f"{city}_{i:06d}_000019"
-            horizon = int(h * rng.uniform(0.35, 0.5))
-            labels = np.full((h, w), _SKY, np.uint8)
-            labels[horizon // 2:horizon] = _BUILDING
-            cut = int(rng.integers(w // 4, w // 2))
-            labels[horizon // 2:horizon, cut:cut + w // 8] = _VEGETATION
-            labels[horizon:] = _ROAD
-            labels[horizon:horizon + h // 10, : w // 5] = _SIDEWALK
-            labels[h - h // 16:] = 0
-            instances = labels.astype(np.int32)
-            objects = [(26000, 26), (26001, 26), (24000, 24), (24, 24), (33000, 33), (29000, 29)]
-            slots = rng.permutation(6)
-            for (value, label), slot in zip(objects, slots):
-                bh, bw = max(2, h // 8), max(3, w // 12)
-                top = int(rng.integers(horizon - bh // 2, h - h // 16 - bh))
-                left = int(slot * (w // 6) + rng.integers(0, max(1, w // 6 - bw)))
-                labels[top:top + bh, left:left + bw] = label
-                instances[top:top + bh, left:left + bw] = value
-                if value == 24:                         # a crowd region is often in pieces
-                    below = slice(top + bh + 1, min(top + 2 * bh + 1, h - h // 16))
-                    labels[below, left:left + bw] = label
-                    instances[below, left:left + bw] = value
-            colour = np.array([_COLOURS.get(int(v), (90, 90, 90)) for v in range(34)], np.float64)[labels]
-            image = np.clip(colour + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
-            d = 2.0 + 60.0 * np.clip(rows - horizon, 0, None) / h + rng.uniform(0, 1, (h, w))
-            disparity = np.where(rows < horizon // 2, 0.5, d)
-            png = np.round(1 + 256 * disparity).astype(np.uint16)
-            png[rng.random((h, w)) < 0.1] = 0
-            for top, suffix, array in (("leftImg8bit", "leftImg8bit", image), ("gtFine", "gtFine_labelIds", labels),
-                                       ("gtFine", "gtFine_instanceIds", instances.astype(np.uint16)),
-                                       ("disparity", "disparity", png)):
-                folder = root / top / split / city
-                folder.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(array).save(folder / f"{stem}_{suffix}.png")
-    return root

@@ -3,7 +3,7 @@ public MTL code (SimonVandenhende/Multi-Task-Learning-PyTorch, "MTL";
 ``shared/docs/dense_suites.md``, section "NYUD-v2 four-task and PASCAL-Context five-task").
 
 A dataset item is ``(image (3, H, W) float32, [target per task])`` as in
-:mod:`mtan_scene`, batched by :func:`~mtrl.supervised.dense_benchmark.collate`.  Targets:
+:mod:`mtrl.supervised.data.mtan_scene`, batched by :func:`~mtrl.supervised.benchmarks.dense.collate`.  Targets:
 
 * ``semantic`` / ``human_parts``: (H, W) int64, 255 = ignore;
 * ``depth``: (1, H, W) float32, 0 = invalid;
@@ -49,7 +49,7 @@ reference does; depth divided by the scale; then the resize to ``size``.  Neares
 with the uncovered border filled with ``label_fill`` (255 = ignore; the reference's warp
 fills 0, i.e. background/class 0 -- pass ``label_fill=0`` for that faithful variant); depth,
 normals, edges, saliency filled with 0, the image with black.  Draws come from ``self.rng``
-(a numpy Generator; :class:`mtan_scene.SceneBenchmark`-style loaders reseed it).
+(a numpy Generator; :class:`~mtrl.supervised.benchmarks.scene.SceneBenchmark`-style loaders reseed it).
 Human parts: as the reference's ``AddIgnoreRegions`` (which runs after augmentation), a
 part map with no part pixel left becomes all 255.
 
@@ -74,10 +74,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .benchmark import DataError, DatasetNotFound
+from ..tasks.morphology import thin
+from .errors import DataError, DatasetNotFound
 
-__all__ = ["NYUDSplit", "PascalContextSplit", "write_nyud", "write_pascal_context",
-           "write_human_parts_mat", "write_label_map", "read_human_parts", "label_map_boundary", "label_map_edges", "thin",
+__all__ = ["NYUDSplit", "PascalContextSplit", "read_human_parts", "label_map_boundary", "label_map_edges",
            "nyud_semantic", "pascal_semantic", "png_edges", "png_normals", "png_normals_raw", "saliency_from_png", "mask_normals",
            "NYUD_TASKS", "PASCAL_TASKS", "NYUD_SIZE", "PASCAL_SIZE", "IGNORE"]
 
@@ -213,50 +213,6 @@ def mask_normals(normals: np.ndarray, label_map: np.ndarray,
     ``valid_classes`` (zero vector elsewhere), as the reference's ``_load_normals_distilled``."""
     keep = np.isin(label_map, np.fromiter(valid_classes, dtype=np.int64))
     return np.where(keep[..., None], normals, 0).astype(np.float32)
-
-
-def _guo_hall_tables() -> tuple[np.ndarray, np.ndarray]:
-    """Deletion tables of Guo & Hall's two-subiteration thinning (Comm. ACM 32(3), 1989),
-    the algorithm of ``skimage.morphology.thin``, indexed by the 8-neighbour code with bit 0
-    = east, then counter-clockwise: 1 north-east, 2 north, 3 north-west, 4 west,
-    5 south-west, 6 south, 7 south-east."""
-    first, second = np.zeros(256, bool), np.zeros(256, bool)
-    for code in range(256):
-        b = [(code >> i) & 1 for i in range(8)]
-        # C(p): number of 4-connected background gaps bordered by foreground (must be 1)
-        crossings = sum(1 for i in (0, 2, 4, 6) if not b[i] and (b[i + 1] or b[(i + 2) % 8]))
-        # N(p) = min(N1, N2) in {2, 3}
-        n1 = sum(1 for k in (1, 3, 5, 7) if b[k] or b[k - 1])
-        n2 = sum(1 for k in (1, 3, 5, 7) if b[k] or b[(k + 1) % 8])
-        removable = crossings == 1 and min(n1, n2) in (2, 3)
-        # subiteration 1 keeps p when (NE or N or not SE) and E; subiteration 2 the mirror
-        first[code] = removable and not ((b[1] or b[2] or not b[7]) and b[0])
-        second[code] = removable and not ((b[5] or b[6] or not b[3]) and b[4])
-    return first, second
-
-
-_THIN_TABLES = _guo_hall_tables()
-
-
-def _neighbour_code(skel: np.ndarray) -> np.ndarray:
-    p = np.pad(skel, 1).astype(np.int32)   # zeros outside the image
-    return (p[1:-1, 2:] | p[:-2, 2:] << 1 | p[:-2, 1:-1] << 2 | p[:-2, :-2] << 3 | p[1:-1, :-2] << 4
-            | p[2:, :-2] << 5 | p[2:, 1:-1] << 6 | p[2:, 2:] << 7)
-
-
-def thin(mask: np.ndarray) -> np.ndarray:
-    """Morphological thinning of a binary (H, W) map to 1-pixel-wide curves, as
-    ``skimage.morphology.thin`` (Guo-Hall; both subiterations per pass, repeated until a
-    pass deletes nothing; pixels outside the image count as background)."""
-    skel = np.asarray(mask, dtype=bool).copy()
-    if skel.ndim != 2:
-        raise ValueError(f"thin expects a 2-D map, got shape {skel.shape}")
-    count = -1
-    while count != int(skel.sum()):
-        count = int(skel.sum())
-        for table in _THIN_TABLES:
-            skel[table[_neighbour_code(skel)]] = False
-    return skel
 
 
 def label_map_boundary(label_map: np.ndarray) -> np.ndarray:
@@ -675,168 +631,5 @@ def png_normals_raw(png: np.ndarray) -> np.ndarray:
     return 2.0 * np.asarray(png)[..., :3].astype(np.float32) / 255.0 - 1.0
 
 
-# ----------------------------------------------------------------------------------------
-# generators of random data in these layouts (tests, smoke runs)
-
-def _smooth(rng: np.random.Generator, shape: tuple[int, int], channels: int, cell: int = 4) -> np.ndarray:
-    """Blocky random field in [0, 1], (H, W, C): uniform per cell x cell block."""
-    h, w = shape
-    coarse = rng.random((-(-h // cell), -(-w // cell), channels))
-    return coarse.repeat(cell, 0).repeat(cell, 1)[:h, :w]
 
 
-def _save_png(path: Path, array: np.ndarray) -> None:
-    from PIL import Image
-    Image.fromarray(np.ascontiguousarray(array)).save(path)
-
-
-def _save_jpg(path: Path, array: np.ndarray) -> None:
-    from PIL import Image
-    Image.fromarray(np.ascontiguousarray(array)).save(path, quality=95)
-
-
-def _check_shape(shape) -> tuple[int, int]:
-    if len(shape) != 2 or min(shape) < 4:
-        raise ValueError(f"shape must be [height, width] with sides >= 4, got {shape}")
-    return int(shape[0]), int(shape[1])
-
-
-def write_nyud(root: str | Path, n_train: int, n_val: int, shape: Sequence[int] = (32, 48),
-               release: str = "npy", seed: int = 0) -> Path:
-    """Random NYUD-v2 data in the ``NYUD_MT`` layout under ``root/NYUD_MT`` (returned).
-    ``release="npy"``: images .jpg, normals and edges .npy; ``"png"``: images, normals and
-    edges .png.  The same seed gives the same targets in both releases (normals are drawn
-    on the 8-bit grid, so the .npy holds exactly what the .png decodes to; invalid normals
-    are zero vectors in .npy and mid-grey (128) in .png).  About 10% of the labels are 0
-    (ignored), of the depths 0 (invalid) and of the normals invalid; targets are blocky
-    functions of the image, so a model can learn them."""
-    if release not in ("npy", "png"):
-        raise ValueError(f"release must be 'npy' or 'png', got {release!r}")
-    if n_train < 1 or n_val < 1:
-        raise ValueError(f"n_train and n_val must be >= 1, got {n_train}, {n_val}")
-    h, w = _check_shape(shape)
-    base = Path(root) / "NYUD_MT"
-    for folder in ("images", "segmentation", "depth", "normals", "edge", "gt_sets"):
-        (base / folder).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    ids = [f"{i:04d}" for i in range(n_train + n_val)]
-    (base / "gt_sets" / "train.txt").write_text("".join(f"{i}\n" for i in ids[:n_train]))
-    (base / "gt_sets" / "val.txt").write_text("".join(f"{i}\n" for i in ids[n_train:]))
-    for i in ids:
-        field = _smooth(rng, (h, w), 3)
-        image = np.clip(field * 255 + rng.normal(0, 4, (h, w, 3)), 0, 255).astype(np.uint8)
-        invalid = rng.random((h, w)) < 0.1
-        label = np.minimum((field[..., 0] * 40).astype(np.uint8), 39) + 1
-        label[rng.random((h, w)) < 0.1] = 0
-        depth = (0.5 + 4 * field[..., 1]).astype(np.float32)
-        depth[invalid] = 0
-        v = field - 0.5 + np.array([0.0, 0.0, 1.0])
-        v /= np.linalg.norm(v, axis=-1, keepdims=True)
-        normal_png = np.clip(np.round((v + 1) * 255 / 2), 0, 255).astype(np.uint8)
-        normal_png[invalid] = 128
-        normals = png_normals(normal_png)          # exactly what the .png release decodes to
-        edge = np.zeros((h, w), dtype=np.uint8)
-        edge[:, 1:] |= label[:, 1:] != label[:, :-1]
-        edge[1:, :] |= label[1:, :] != label[:-1, :]
-        _save_png(base / "segmentation" / f"{i}.png", label)
-        np.save(base / "depth" / f"{i}.npy", depth)
-        if release == "npy":
-            _save_jpg(base / "images" / f"{i}.jpg", image)
-            np.save(base / "normals" / f"{i}.npy", normals)
-            np.save(base / "edge" / f"{i}.npy", edge.astype(np.float32))
-        else:
-            _save_png(base / "images" / f"{i}.png", image)
-            _save_png(base / "normals" / f"{i}.png", normal_png)
-            _save_png(base / "edge" / f"{i}.png", edge * 255)
-    return base
-
-
-def write_human_parts_mat(path: str | Path, imname: str, objects: Sequence[dict]) -> None:
-    """A PASCAL-Part annotation ``.mat`` as the reference reads it: ``anno`` (imname,
-    objects), each object (class, class_ind, mask, parts), each part (part_name, mask).
-    ``objects``: dicts with ``class_name``, ``class_ind``, ``mask`` (H, W) and ``parts``
-    ({part name: mask}; empty for none)."""
-    import scipy.io
-    objs = np.empty((1, len(objects)), dtype=[("class", "O"), ("class_ind", "O"), ("mask", "O"), ("parts", "O")])
-    for j, obj in enumerate(objects):
-        parts_in = obj.get("parts") or {}
-        if parts_in:
-            parts = np.empty((1, len(parts_in)), dtype=[("part_name", "O"), ("mask", "O")])
-            for k, (name, mask) in enumerate(parts_in.items()):
-                parts[0, k] = (np.array([name]), np.asarray(mask, dtype=np.uint8))
-        else:
-            parts = np.zeros((0, 0))
-        objs[0, j] = (np.array([obj["class_name"]]), np.array([[obj["class_ind"]]], dtype=np.uint8),
-                      np.asarray(obj["mask"], dtype=np.uint8), parts)
-    anno = np.empty((1, 1), dtype=[("imname", "O"), ("objects", "O")])
-    anno[0, 0] = (np.array([imname]), objs)
-    scipy.io.savemat(Path(path), {"anno": anno})
-
-
-def write_label_map(path: str | Path, label_map: np.ndarray) -> None:
-    """A PASCAL-Context ``.mat`` with the (H, W) ``LabelMap`` (uint16 context class ids)."""
-    import scipy.io
-    scipy.io.savemat(Path(path), {"LabelMap": np.asarray(label_map, dtype=np.uint16)})
-
-
-def write_pascal_context(root: str | Path, n_train: int, n_val: int, shape: Sequence[int] = (32, 32),
-                         seed: int = 0) -> Path:
-    """Random PASCAL-Context data in the ``PASCAL_MT`` layout under ``root/PASCAL_MT``
-    (returned).  Each image is a grid of blocks, each block one PASCAL-Context class drawn
-    from the 20 VOC objects, background classes on which normals count (wall, floor, ...)
-    and ones on which they do not (sky, grass, ...); the ``LabelMap`` holds those ids, the
-    semantic map their VOC index (0 for non-VOC classes).  Every other image has a person
-    block annotated with head / torso / leg parts in ``human_parts/*.mat``; the others have
-    a dog without parts (no person -> all parts ignored).  Saliency is high on VOC objects;
-    normals are a blocky unit field.  The image colour follows the class, so the targets
-    are learnable."""
-    if n_train < 1 or n_val < 1:
-        raise ValueError(f"n_train and n_val must be >= 1, got {n_train}, {n_val}")
-    h, w = _check_shape(shape)
-    base = Path(root) / "PASCAL_MT"
-    folders = ("JPEGImages", "semseg/pascal-context", "human_parts", "sal_distill", "normals_distill",
-               "pascal-context/trainval", "ImageSets/Context")
-    for folder in folders:
-        (base / folder).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    ids = [f"2008_{i:06d}" for i in range(n_train + n_val)]
-    (base / "ImageSets" / "Context" / "train.txt").write_text("".join(f"{i}\n" for i in ids[:n_train]))
-    (base / "ImageSets" / "Context" / "val.txt").write_text("".join(f"{i}\n" for i in ids[n_train:]))
-    classes = np.array([*VOC_CONTEXT_IDS[1:], 440, 158, 68, 397, 360, 187, 189, 44], dtype=np.int64)
-    palette = np.random.default_rng(12345).integers(0, 256, (460, 3))
-    cell_h, cell_w = max(h // 4, 2), max(w // 4, 2)
-    person = VOC_CONTEXT_IDS[PERSON_CLASS]
-    for n, image_id in enumerate(ids):
-        grid = rng.choice(classes, size=(-(-h // cell_h), -(-w // cell_w)))
-        grid[grid == person] = 440
-        with_person = n % 2 == 0
-        if with_person:
-            grid[1 % grid.shape[0], 1 % grid.shape[1]] = person
-        label_map = grid.repeat(cell_h, 0).repeat(cell_w, 1)[:h, :w]
-        voc = np.zeros((h, w), dtype=np.uint8)
-        for k, cid in enumerate(VOC_CONTEXT_IDS[1:], start=1):
-            voc[label_map == cid] = k
-        image = np.clip(palette[label_map] + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
-        saliency = np.where(voc > 0, 230, 20).astype(np.uint8)
-        v = _smooth(rng, (h, w), 3, cell=max(cell_h, 2)) - 0.5 + np.array([0.0, 0.0, 1.0])
-        v /= np.linalg.norm(v, axis=-1, keepdims=True)
-        normals = np.clip(np.round((v + 1) * 255 / 2), 0, 255).astype(np.uint8)
-        if with_person:
-            mask = label_map == person
-            rows = np.where(mask.any(1))[0]
-            third = max(len(rows) // 3, 1)
-            top, mid = rows[:third], rows[third:2 * third]
-            parts = {"head": mask & np.isin(np.arange(h), top)[:, None],
-                     "torso": mask & np.isin(np.arange(h), mid)[:, None],
-                     "llleg": mask & ~np.isin(np.arange(h), np.concatenate([top, mid]))[:, None]}
-            objects = [{"class_name": "person", "class_ind": PERSON_CLASS, "mask": mask, "parts": parts}]
-        else:
-            mask = label_map == VOC_CONTEXT_IDS[12]
-            objects = [{"class_name": "dog", "class_ind": 12, "mask": mask, "parts": {}}]
-        _save_jpg(base / "JPEGImages" / f"{image_id}.jpg", image)
-        _save_png(base / "semseg" / "pascal-context" / f"{image_id}.png", voc)
-        _save_png(base / "sal_distill" / f"{image_id}.png", saliency)
-        _save_png(base / "normals_distill" / f"{image_id}.png", normals)
-        write_label_map(base / "pascal-context" / "trainval" / f"{image_id}.mat", label_map)
-        write_human_parts_mat(base / "human_parts" / f"{image_id}.mat", image_id, objects)
-    return base

@@ -24,17 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-
-class DatasetNotFound(FileNotFoundError):
-    """A data set is not on disk where the config says; the message says what to put where."""
-
-
-class DataError(ValueError):
-    """A data file that is there but cannot be read or does not fit (corrupt, truncated,
-    wrong shape); the message names the file and the fix.  The training script reports it
-    as one line with exit code 2."""
+from ..models.base import MultiTaskModel
 
 
 @dataclass(frozen=True)
@@ -49,43 +41,6 @@ class MetricState(Protocol):
     def update(self, outputs: Any, batch: Any) -> None: ...
 
     def compute(self) -> dict[str, float]: ...
-
-
-class MultiTaskModel(nn.Module, ABC):
-    """A shared encoder and one head per task: ``forward(x) = decode(encode(x))``.
-
-    Subclasses put every shared module under ``self.encoder`` and every task-specific
-    module under ``self.heads`` (an ``nn.ModuleList`` with one entry per task, or a module
-    that is task-specific as a whole), so the trainer can tell the parameters apart.
-    """
-
-    encoder: nn.Module
-    heads: nn.Module
-
-    @abstractmethod
-    def encode(self, inputs: Any) -> Tensor:
-        """The shared representation z."""
-
-    @abstractmethod
-    def decode(self, z: Tensor) -> list[Tensor]:
-        """The k task outputs from z."""
-
-    def forward(self, inputs: Any) -> list[Tensor]:
-        return self.decode(self.encode(inputs))
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return list(self.encoder.parameters())
-
-    def task_parameters(self) -> list[nn.Parameter]:
-        return list(self.heads.parameters())
-
-    def last_shared_parameters(self) -> list[nn.Parameter]:
-        """The last shared layer's parameters (paper 004 measures the per-task gradient
-        norms there): the encoder's last convolution or linear layer in module order."""
-        layers = [m for m in self.encoder.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Conv1d))]
-        if not layers:
-            raise ValueError(f"{type(self).__name__} has no convolution or linear layer in its encoder")
-        return [p for p in layers[-1].parameters() if p.requires_grad]
 
 
 class Benchmark(ABC):

@@ -1,8 +1,8 @@
 """Paper 004's benchmarks: NYUD-v2 with four tasks (semantic 40 classes, depth, normals,
 edges) and PASCAL-Context with five (semantic 21 classes, human parts, saliency, normals,
 edges), read from the MTL code's ``NYUD_MT`` / ``PASCAL_MT`` layouts
-(:mod:`nyud_pascal`).  Metrics (Table II): mIoU, depth RMSE, normal mean angle, saliency
-maxF, edge odsF at the benchmark's matching tolerance (:mod:`boundary_tasks`); dm% against
+(:mod:`~mtrl.supervised.data.nyud_pascal`).  Metrics (Table II): mIoU, depth RMSE, normal mean angle, saliency
+maxF, edge odsF at the benchmark's matching tolerance (:mod:`~mtrl.supervised.tasks.boundary`); dm% against
 the ResNet-18 single-task row.  Paper 004 prints dm% with the opposite sign (higher is
 better there); here, as everywhere in this project, lower is better.  Default model: a
 stride-8 dilated ResNet-18 with a DeepLab ASPP head per task; ``model=hrnet18`` for the
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .boundary_tasks import EDGE_MAX_DIST, DepthRMSETask, EdgeTask, NormalL1Task, SaliencyTask
-from .dense_benchmark import DenseBenchmark
-from .dense_tasks import SegmentationTask
-from .nyud_pascal import IGNORE, NYUD_SIZE, NYUD_TASKS, PASCAL_SIZE, PASCAL_TASKS, NYUDSplit, PascalContextSplit
+from ..tasks.boundary import EDGE_MAX_DIST, DepthRMSETask, EdgeTask, NormalL1Task, SaliencyTask
+from .dense import DenseBenchmark
+from ..tasks.dense import SegmentationTask
+from ..data.nyud_pascal import IGNORE, NYUD_SIZE, NYUD_TASKS, PASCAL_SIZE, PASCAL_TASKS, NYUDSplit, PascalContextSplit
 
 #: Paper 004 Table II, ResNet-18 single-task rows.
 STL_NYUD = {"semantic_miou": 39.38, "depth_rmse": 0.6111, "normals_mean_angle": 21.94, "edge_odsf": 72.40}
@@ -28,7 +28,7 @@ STL_PASCAL = {"semantic_miou": 66.59, "human_parts_miou": 61.29, "normals_mean_a
 
 
 def _tasks(names, semantic_classes: int, edge_dist: float, edge_thresholds: int) -> list:
-    """The task objects of ``names`` (targets as :mod:`nyud_pascal` gives them)."""
+    """The task objects of ``names`` (targets as :mod:`~mtrl.supervised.data.nyud_pascal` gives them)."""
     make = {"semantic": lambda: SegmentationTask(semantic_classes, IGNORE),
             "human_parts": lambda: SegmentationTask(7, IGNORE), "depth": DepthRMSETask, "normals": NormalL1Task,
             "saliency": SaliencyTask, "edge": lambda: EdgeTask(edge_dist, num_thresholds=edge_thresholds)}

@@ -1,12 +1,12 @@
 """NYU-v2, three tasks (13-class segmentation, depth, surface normals), MTAN
 preprocessing: 795 training and 654 test images of 288 x 384 (PIVRG Table 1, ConsMTL
-Table 1).  Layout, augmentation and the shared benchmark logic: :mod:`mtan_scene`;
-model: :mod:`segnet_mtan`; losses and metrics: :mod:`dense_tasks`."""
+Table 1).  Layout, augmentation and the shared benchmark logic: :mod:`~mtrl.supervised.data.mtan_scene`;
+model: :mod:`~mtrl.supervised.models.segnet_mtan`; losses and metrics: :mod:`~mtrl.supervised.tasks.dense`."""
 
 from __future__ import annotations
 
-from .dense_tasks import DepthTask, NormalTask, SegmentationTask
-from .mtan_scene import SceneBenchmark
+from ..tasks.dense import DepthTask, NormalTask, SegmentationTask
+from .scene import SceneBenchmark
 
 #: Single-task-learning rows the papers' dm% uses (mIoU and pixel accuracy in %, depth in
 #: the data's units, angles in degrees, within-angle ratios in %).

@@ -1,0 +1,2 @@
+"""The supervised models: the shared-encoder / task-heads interface (``base``) and the
+dense-vision models (``dense``, ``segnet_mtan``)."""
