@@ -1,4 +1,4 @@
-"""Aligned-MTL: align the principal components of the gradient matrix (paper 002)."""
+"""Aligned-MTL: align the principal components of the gradient matrix (Senushkin et al., CVPR 2023)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def balance_matrix(gram: np.ndarray, eps: float) -> tuple[np.ndarray, float, int
 
 @register("aligned_mtl")
 class AlignedMTL(GramWeighting):
-    """Aligned-MTL (Senushkin et al., CVPR 2023; paper 002, sec. 5, eq. 5, Alg. 1).
+    """Aligned-MTL (Senushkin et al., CVPR 2023, sec. 5, eq. 5, Alg. 1).
 
     The aligned gradients ``G^ = sigma_min U V^T = B G`` solve the Procrustes problem
     ``min ||G - G^||_F s.t. G^ G^^T = sigma^2 I`` (eq. 4) with the scale

@@ -1,5 +1,5 @@
 """CosReg (Suteu & Guo 2019, "Regularizing Deep Multi-Task Networks using Orthogonal
-Gradients"); compared in seed paper 003, sec. 6.4."""
+Gradients"); compared in Mao et al., arXiv 2024, sec. 6.4."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class CosReg(GramWeighting):
     ``torch.autograd.grad(penalty(G), shared_params)``), which back-propagates through
     the k gradient computations (double backward).
 
-    c = 10 is the value of the only public implementation (paper 003's benchmark); the
+    c = 10 is the value of the only public implementation (Mao et al. (arXiv 2024)'s benchmark); the
     mean over the k (k - 1) / 2 pairs keeps the scale independent of k.  A zero gradient
     has no cosine: its pairs count as 0 (and get no gradient).
     """

@@ -29,12 +29,12 @@ def _gram(x: Tensor, is_gram: bool) -> Tensor:
 
 
 def task_norms(x: Tensor, is_gram: bool = False) -> Tensor:
-    """Per-task gradient norms ``||g_i||`` (paper 004's imbalance signal)."""
+    """Per-task gradient norms ``||g_i||`` (the imbalance signal of Guo et al., arXiv 2025)."""
     return torch.diagonal(_gram(x, is_gram)).clamp_min(0).sqrt()
 
 
 def condition_number(x: Tensor, is_gram: bool = False) -> Tensor:
-    """``kappa(G) = sigma_max / sigma_min`` (paper 002, eq. 2), from the eigenvalues of
+    """``kappa(G) = sigma_max / sigma_min`` (Senushkin et al., CVPR 2023, eq. 2), from the eigenvalues of
     ``M`` (``sigma^2``).  ``inf`` when the gradients are linearly dependent."""
     ev = torch.linalg.eigvalsh(_gram(x, is_gram)).clamp_min(0)
     smax, smin = ev[-1].sqrt(), ev[0].sqrt()
@@ -44,7 +44,7 @@ def condition_number(x: Tensor, is_gram: bool = False) -> Tensor:
 
 
 def cosine_matrix(x: Tensor, is_gram: bool = False) -> Tensor:
-    """Pairwise cosines ``alpha_ij`` (paper 003, eq. 6a); 0 where a gradient is zero."""
+    """Pairwise cosines ``alpha_ij`` (Mao et al., arXiv 2024, eq. 6a); 0 where a gradient is zero."""
     m = _gram(x, is_gram)
     n = torch.diagonal(m).clamp_min(0).sqrt()
     denom = n[:, None] * n[None, :]
@@ -53,7 +53,7 @@ def cosine_matrix(x: Tensor, is_gram: bool = False) -> Tensor:
 
 def direction_cosines(grads: Tensor, direction: Tensor) -> Tensor:
     """``cos(g_i, d) = (G d)_i / (||g_i|| ||d||)`` per task (float64, (k,)): how far the
-    applied direction ``d`` (n,) serves each task (paper 004, figs. 7-9 track it against
+    applied direction ``d`` (n,) serves each task (figs. 7-9 of Guo et al. (arXiv 2025) track it against
     task imbalance); 0 where ``g_i`` or ``d`` is zero."""
     g = grads.detach()
     gd = (g @ direction.detach().to(g.dtype)).to(torch.float64)
@@ -80,13 +80,13 @@ def _off_diagonal_mean(a: Tensor) -> Tensor:
 
 
 def gds(x: Tensor, is_gram: bool = False) -> Tensor:
-    """Gradient direction similarity: mean pairwise cosine (paper 003, eq. 6b)."""
+    """Gradient direction similarity: mean pairwise cosine (Mao et al., arXiv 2024, eq. 6b)."""
     return _off_diagonal_mean(cosine_matrix(x, is_gram))
 
 
 def gms(x: Tensor, is_gram: bool = False) -> Tensor:
     """Gradient magnitude similarity: mean over pairs of
-    ``2 ||g_i|| ||g_j|| / (||g_i||^2 + ||g_j||^2)`` (paper 003, eq. 7)."""
+    ``2 ||g_i|| ||g_j|| / (||g_i||^2 + ||g_j||^2)`` (Mao et al., arXiv 2024, eq. 7)."""
     n = task_norms(x, is_gram)
     num = 2 * n[:, None] * n[None, :]
     den = n[:, None] ** 2 + n[None, :] ** 2
@@ -95,7 +95,7 @@ def gms(x: Tensor, is_gram: bool = False) -> Tensor:
 
 
 def feature_entropy(rep_grads: Tensor, eps: float = 1e-12) -> Tensor:
-    """Feature-disentanglement entropy (paper 003, eqs. 8-9).
+    """Feature-disentanglement entropy (Mao et al., arXiv 2024, eqs. 8-9).
 
     ``rep_grads`` (k, ...) holds ``d L_i / d Z`` for every task over the shared
     representation ``Z`` (any shape after the task axis).  For each position j,

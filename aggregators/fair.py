@@ -128,7 +128,7 @@ class FairGrad(AlphaFair):
 
 @register("pivrg")
 class PIVRG(PerformanceMixin, AlphaFair):
-    """PIVRG (paper 000, eqs. 4-7, Alg. 1).
+    """PIVRG (Qin et al., CVPR 2025, eqs. 4-7, Alg. 1).
 
     ``d = G^T alpha`` minimises ``(1/k) sum_i omega_i / (g_i^T d)`` subject to
     ``g_i^T d > 0`` (eq. 4); the optimum satisfies ``(M alpha)_i^2 = omega_i / alpha_i``
@@ -159,7 +159,7 @@ class PIVRG(PerformanceMixin, AlphaFair):
 
 @register("consmtl")
 class ConsMTL(AlphaFair):
-    """ConsMTL (paper 001), upper level: ``M alpha = sqrt(1 / alpha)`` (eq. 5), i.e. PIVRG
+    """ConsMTL (Qin et al., CVPR 2025), upper level: ``M alpha = sqrt(1 / alpha)`` (eq. 5), i.e. PIVRG
     with omega = 1.  ``weights`` are the alpha the lower level needs.
 
     The lower level (eqs. 6-8, Alg. 1) is built by the trainers from

@@ -1,5 +1,5 @@
 """Linear scalarisation: ``d = sum_i lambda_i g_i``; lambda_i = 1 (as in every reference)
-unless fixed loss weights are given (paper 004's "Grid Search" baseline: weights tuned by
+unless fixed loss weights are given (the "Grid Search" baseline of Guo et al. (arXiv 2025): weights tuned by
 hand per benchmark, e.g. NYUD-v2 seg/depth/normals/edge = 1, 1, 2, 50)."""
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ class GradNorm(GramWeighting):
 
 @register("avgnorm")
 class AvgNorm(GramWeighting):
-    """AvgNorm (paper 004, eq. 6): ``w_i = S / ||g_i||`` with ``S = ||sum_j g_j||``.
+    """AvgNorm (Guo et al., arXiv 2025, eq. 6): ``w_i = S / ||g_i||`` with ``S = ||sum_j g_j||``.
 
     Every weighted gradient ``w_i g_i`` has norm ``S``; from the Gram matrix
     ``||g_i|| = sqrt(M_ii)`` and ``S^2 = 1^T M 1``.  A task with a zero gradient (or one so

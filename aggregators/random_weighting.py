@@ -61,10 +61,10 @@ class RandomLossWeighting(LossWeighting):
 
 @register("rgw")
 class RandomGradientWeighting(GramWeighting):
-    """RGW (Lin et al. 2022; used as a gradient-manipulation baseline in paper 003,
+    """RGW (Lin et al. 2022; used as a gradient-manipulation baseline in Mao et al., arXiv 2024,
     sec. 2): ``d = sum_i w_i g_i`` with ``w = softmax(z)``, ``z ~ N(0, I)`` drawn at each
     call.  The Gram matrix is ignored; with the same seed (and device) RGW draws exactly
-    RLW's weights, so the two differ only in where they are applied (paper 003 also
+    RLW's weights, so the two differ only in where they are applied (Mao et al. (arXiv 2024) also
     applies RGW to feature-level gradients).
     """
 

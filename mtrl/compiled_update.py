@@ -10,7 +10,7 @@ Modes (:data:`MODES`):
   and, with ``train.nonfinite_skip=device``, no host read in the update.
 
 The compiled update computes what the eager one does, to float tolerance
-(``tests/test_trainer.py::test_compiled_update_equals_eager``):
+(``tests/integration/test_trainer.py::test_compiled_update_equals_eager``):
 
 * random numbers come from the eager generator (Inductor's ``fallback_random``), so a
   seeded compiled run draws the same noise as the eager run, and ``train.compile`` is not

@@ -1,5 +1,5 @@
 """The two-task toy problem of CAGrad (Liu et al. 2021), used by Nash-MTL, Aligned-MTL
-(paper 002, Fig. 1) and PIVRG to show how aggregators move in loss space.
+(Senushkin et al., CVPR 2023, Fig. 1) and PIVRG to show how aggregators move in loss space.
 
 Parameters ``x = (x1, x2)``; with ``c1 = max(tanh(x2 / 2), 0)`` and
 ``c2 = max(tanh(-x2 / 2), 0)``::

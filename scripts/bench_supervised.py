@@ -64,7 +64,8 @@ AGGREGATORS = ("ls", "pivrg", "consmtl", "nash_mtl", "fairgrad", "cagrad", "pcgr
 BENCHMARKS = ("qm9", "celeba", "nyuv2", "cityscapes", "cityscapes3", "pascal_context")
 PAPER_BATCH = {"qm9": 120, "celeba": 256, "nyuv2": 2, "cityscapes": 8, "cityscapes3": 8, "pascal_context": 8}
 CPU_BATCH = {"qm9": 4, "celeba": 2, "nyuv2": 1, "cityscapes": 2, "cityscapes3": 2, "pascal_context": 2}
-#: paper 002 / 004 benchmarks: shape of the written images, their default models (PSPNet, ResNet-18 + ASPP)
+#: the benchmarks of Senushkin et al. (CVPR 2023) and Guo et al. (arXiv 2025): shape of the
+#: written images, their default models (PSPNet, ResNet-18 + ASPP)
 SUITES = {"cityscapes3": (256, 512), "pascal_context": (512, 512)}
 SCENE = {"nyuv2": ("mtrl.supervised.benchmarks.nyuv2:NYUv2Benchmark", {"segmentation": "label", "depth": "depth",
                                                             "normal": "normal"}, 13, (288, 384)),
@@ -141,8 +142,8 @@ def scene_setup(name: str, batch_size: int, size, filters, data_root: str):
 
 
 def suite_setup(name: str, batch_size: int, shape, data_root: str):
-    """Paper 002 / 004 benchmarks on random data written in their real layouts (official
-    Cityscapes folders, PASCAL_MT), with their default models; returns what
+    """The benchmarks of Senushkin et al. (CVPR 2023) and Guo et al. (arXiv 2025) on random data written in their real
+    layouts (official Cityscapes folders, PASCAL_MT), with their default models; returns what
     :func:`scene_setup` does."""
     from mtrl.supervised.registry import benchmark_class
 

@@ -83,7 +83,7 @@ class MethodRow:
     @property
     def method(self) -> str:
         """The aggregator, with "-UB" for representation-level aggregation (mode ``rep``,
-        as papers 002 and 003 name it)."""
+        as Senushkin et al. (CVPR 2023) and Mao et al. (arXiv 2024) name it)."""
         return self.aggregator + ("-UB" if self.mode == "rep" else "")
 
     @property
@@ -125,7 +125,7 @@ class MethodRow:
     @property
     def mean_weights(self) -> list[float] | None:
         """The seed mean of each task's mean applied weight over training (``mean_weights``
-        of results.json; paper 004's lambda_t in Tables VI-VII); None unless every seed has it."""
+        of results.json; Guo et al. (arXiv 2025)'s lambda_t in Tables VI-VII); None unless every seed has it."""
         found = [r.results.get("mean_weights") for r in self.runs]
         if not all(found):
             return None
@@ -424,7 +424,7 @@ def table_markdown(table: Table) -> str:
             "in the metrics, so the two means agree). Var[dm_i]: variance of the per-task drops of the "
             "seed-mean metrics. MR: mean rank over the metrics among the methods of this table (1 = best; "
             "STL not ranked)." + (" λ: each task's applied weight averaged over the training steps "
-                                  "(paper 004, Tables VI-VII)." if lambdas else "") + "\n\n")
+                                  "(Guo et al., arXiv 2025, Tables VI-VII)." if lambdas else "") + "\n\n")
     return text + markdown_table(header, rows)
 
 

@@ -7,7 +7,7 @@ ordinary backward) and the optimiser steps.  The heads receive the gradient of
 published rows these benchmarks reproduce.  Modes (``mode``):
 
 * ``param``: the method aggregates the per-task gradients of the shared parameters;
-* ``rep`` (the "-UB" variants of papers 002 and 003): it aggregates the per-task
+* ``rep`` (the "-UB" variants of Senushkin et al. (CVPR 2023) and Mao et al., arXiv 2024): it aggregates the per-task
   gradients of the shared representation z, and the aggregated ``d_z`` goes back through
   the encoder once.
 
@@ -145,8 +145,8 @@ class SupervisedTrainer:
         self.epoch = 0
         self.step = 0
         self.last_layer: dict[str, float] | None = None
-        # sum over all steps of the weights the method applied, and the step count (paper
-        # 004's Tables VI-VII report the mean loss weight over the training)
+        # sum over all steps of the weights the method applied, and the step count (Guo et al. (arXiv 2025)'s
+        # Tables VI-VII report the mean loss weight over the training)
         self.weights_sum = torch.zeros(self.bench.num_tasks, dtype=torch.float64)
         self.weights_steps = 0
         self.best = {"score": math.inf, "epoch": None, "test": None, "selection": None}
@@ -219,8 +219,8 @@ class SupervisedTrainer:
         return info
 
     def _last_layer_grads(self, losses: torch.Tensor) -> tuple[torch.Tensor, list]:
-        """(k per-task gradients on the last shared layer (k, n), its parameters): paper
-        004's imbalance signal; the applied update on them is read after the backward."""
+        """(k per-task gradients on the last shared layer (k, n), its parameters): the
+        imbalance signal of Guo et al. (arXiv 2025); the applied update on them is read after the backward."""
         params = self.model.last_shared_parameters()
         path = "loop" if self.per_task == "loop" else "batched"
         return aggregators.task_gradients(losses, params, per_task=path), params
@@ -363,7 +363,7 @@ def _optimizer(t: dict, params: list) -> torch.optim.Optimizer:
 def _scheduler(s: dict, opt: torch.optim.Optimizer, epochs: int):
     """The protocols' schedules: ``step`` (NYU-v2 / Cityscapes: halve at epoch 100),
     ``plateau`` on the selection dm% (QM9: factor 0.7, patience 5, min lr 1e-5), ``poly``
-    (paper 004: lr x (1 - epoch / epochs) ** power, power 0.9), ``none``."""
+    (Guo et al. (arXiv 2025): lr x (1 - epoch / epochs) ** power, power 0.9), ``none``."""
     name = s.get("name", "none")
     if name == "poly":
         power = float(s.get("power", 0.9))

@@ -1,4 +1,4 @@
-"""Cityscapes with three tasks (paper 002, Table 1): 19-class semantic segmentation,
+"""Cityscapes with three tasks (Senushkin et al., CVPR 2023, Table 1): 19-class semantic segmentation,
 instance segmentation as (dy, dx) offset regression, disparity; read from the official
 Cityscapes folders (:mod:`~mtrl.supervised.data.cityscapes_official`: ``leftImg8bit``, ``gtFine`` label and
 instance ids, ``disparity``; ``val`` is the test split).  Default model: PSPNet on a
@@ -21,7 +21,7 @@ from ..data.cityscapes_official import IGNORE, CityscapesOfficialSplit
 from .dense import DenseBenchmark
 from ..tasks.dense import DisparityTask, InstanceOffsetTask, SegmentationTask
 
-#: Paper 002 Table 1's single-task row (mIoU %, instance L1 in pixels, disparity MSE).
+#: Senushkin et al. (CVPR 2023)'s Table 1 single-task row (mIoU %, instance L1 in pixels, disparity MSE).
 STL = {"semantic_miou": 66.73, "instance_l1": 10.55, "disparity_mse": 0.33}
 
 

@@ -33,7 +33,7 @@ class DenseBenchmark(Benchmark):
 
     Options: ``num_workers`` loader processes; ``report_last_epochs`` how many final
     epochs' test metrics the results average (10 in the protocol of Nash-MTL and FAMO
-    that papers 000 and 001 follow; None: the epoch chosen on the selection split).
+    that Qin et al. (CVPR 2025)'s PIVRG and ConsMTL papers follow; None: the epoch chosen on the selection split).
     """
 
     selection_split = "train"

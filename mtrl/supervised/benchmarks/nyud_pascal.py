@@ -1,9 +1,9 @@
-"""Paper 004's benchmarks: NYUD-v2 with four tasks (semantic 40 classes, depth, normals,
+"""Guo et al. (arXiv 2025)'s benchmarks: NYUD-v2 with four tasks (semantic 40 classes, depth, normals,
 edges) and PASCAL-Context with five (semantic 21 classes, human parts, saliency, normals,
 edges), read from the MTL code's ``NYUD_MT`` / ``PASCAL_MT`` layouts
 (:mod:`~mtrl.supervised.data.nyud_pascal`).  Metrics (Table II): mIoU, depth RMSE, normal mean angle, saliency
 maxF, edge odsF at the benchmark's matching tolerance (:mod:`~mtrl.supervised.tasks.boundary`); dm% against
-the ResNet-18 single-task row.  Paper 004 prints dm% with the opposite sign (higher is
+the ResNet-18 single-task row.  Guo et al. (arXiv 2025) print dm% with the opposite sign (higher is
 better there); here, as everywhere in this project, lower is better.  Default model: a
 stride-8 dilated ResNet-18 with a DeepLab ASPP head per task; ``model=hrnet18`` for the
 HRNet-18 rows.
@@ -21,7 +21,7 @@ from .dense import DenseBenchmark
 from ..tasks.dense import SegmentationTask
 from ..data.nyud_pascal import IGNORE, NYUD_SIZE, NYUD_TASKS, PASCAL_SIZE, PASCAL_TASKS, NYUDSplit, PascalContextSplit
 
-#: Paper 004 Table II, ResNet-18 single-task rows.
+#: Guo et al., arXiv 2025, Table II, ResNet-18 single-task rows.
 STL_NYUD = {"semantic_miou": 39.38, "depth_rmse": 0.6111, "normals_mean_angle": 21.94, "edge_odsf": 72.40}
 STL_PASCAL = {"semantic_miou": 66.59, "human_parts_miou": 61.29, "normals_mean_angle": 13.67,
               "saliency_maxf": 84.77, "edge_odsf": 66.90}

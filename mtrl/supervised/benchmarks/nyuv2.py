@@ -24,7 +24,7 @@ class NYUv2Benchmark(SceneBenchmark):
     default_size = (288, 384)
 
 
-#: Paper 002 Table 3's single-task row for PSPNet on NYU-v2 (the within-angle ratios, printed
+#: Senushkin et al. (CVPR 2023)'s Table 3 single-task row for PSPNet on NYU-v2 (the within-angle ratios, printed
 #: there as fractions, in % here like the other NYU-v2 tables).
 STL_PSPNET = {"segmentation_miou": 49.37, "segmentation_pix_acc": 72.03, "depth_abs_err": 0.52, "depth_rel_err": 0.24,
               "normal_mean_angle": 22.97, "normal_median_angle": 16.94, "normal_within_11.25": 34.0,
@@ -32,7 +32,7 @@ STL_PSPNET = {"segmentation_miou": 49.37, "segmentation_pix_acc": 72.03, "depth_
 
 
 class NYUv2PSPNetBenchmark(NYUv2Benchmark):
-    """NYU-v2 with a PSPNet (paper 002, Table 3): the same data and metrics, its own
+    """NYU-v2 with a PSPNet (Senushkin et al., CVPR 2023, Table 3): the same data and metrics, its own
     single-task baselines, PSPNet on a dilated ResNet-50 by default (decoders upsampled x8)."""
 
     name = "nyuv2_pspnet"

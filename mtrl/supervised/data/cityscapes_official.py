@@ -1,5 +1,5 @@
 """Cityscapes three-task data (semantic 19 classes, instance offsets, disparity) read from
-the official Cityscapes folders: the data side of paper 002's table 1
+the official Cityscapes folders: the data side of Senushkin et al. (CVPR 2023)'s table 1
 (``shared/docs/dense_suites.md``, "Cityscapes three-task").
 
 Layout (the official ``leftImg8bit_trainvaltest.zip``, ``gtFine_trainvaltest.zip`` and
@@ -18,7 +18,7 @@ disparity (1, h, w) float32])`` with ``(H, W) = image_size`` (256 x 512) and ``(
 ``transform`` does).  Ignored semantic / offset pixels hold 250, invalid disparity 0.
 
 Two variants (``variant``), following the SamsungLabs/MTL (Aligned-MTL, "SL") loader
-``code/data/datasets/cityscapes.py`` whose numbers paper 002 reports:
+``code/data/datasets/cityscapes.py`` whose numbers Senushkin et al. (CVPR 2023) report:
 
 * ``"faithful"`` reproduces SL's quirks: the image in BGR order minus the vector
   (123.675, 116.28, 103.53) (ImageNet's R, G, B means, subtracted from the B, G, R

@@ -9,7 +9,7 @@ with one folder per target plus ``image``; the sample count is the number of
 with 0 = invalid; normal (H, W, 3).  These sets have no validation split: ``val`` holds
 the test images (NYU-v2 795 train / 654 test, Cityscapes 2,975 / 500), so the benchmark's
 splits are ``train`` and ``test`` and the selection split (what PIVRG's dm_i come from,
-paper 000 sec. 5) is ``train``.
+Qin et al., CVPR 2025, sec. 5) is ``train``.
 
 Augmentation (training split, ``augment=True``), as in the public code these papers use:
 a random scale s from ``scales`` (1.0, 1.2, 1.5), a random crop of size (H/s, W/s)

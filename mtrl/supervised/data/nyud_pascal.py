@@ -1,4 +1,4 @@
-"""NYUD-v2 four-task and PASCAL-Context five-task data (paper 004) in the layouts of the
+"""NYUD-v2 four-task and PASCAL-Context five-task data (Guo et al., arXiv 2025) in the layouts of the
 public MTL code (SimonVandenhende/Multi-Task-Learning-PyTorch, "MTL";
 ``shared/docs/dense_suites.md``, section "NYUD-v2 four-task and PASCAL-Context five-task").
 

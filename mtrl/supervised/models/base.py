@@ -37,7 +37,7 @@ class MultiTaskModel(nn.Module, ABC):
         return list(self.heads.parameters())
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
-        """The last shared layer's parameters (paper 004 measures the per-task gradient
+        """The last shared layer's parameters (Guo et al. (arXiv 2025) measure the per-task gradient
         norms there): the encoder's last convolution or linear layer in module order."""
         layers = [m for m in self.encoder.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Conv1d))]
         if not layers:

@@ -1,6 +1,6 @@
 """Encoder-decoder models of the other dense-vision benchmarks (``shared/docs/dense_suites.md``):
-PSPNet (paper 002, Cityscapes three-task and NYUv2), a dilated ResNet with DeepLab ASPP heads
-and HRNet with the HRNet head (paper 004, NYUD-v2 and PASCAL-Context).
+PSPNet (Senushkin et al., CVPR 2023, Cityscapes three-task and NYUv2), a dilated ResNet with DeepLab ASPP heads
+and HRNet with the HRNet head (Guo et al., arXiv 2025, NYUD-v2 and PASCAL-Context).
 
 Every model is a :class:`~mtrl.supervised.benchmark.MultiTaskModel`: the whole backbone is
 ``self.encoder`` (the shared parameters theta_s), one decoder per task sits in ``self.heads``
@@ -21,7 +21,7 @@ z that every decoder reads (the shared representation of the "-UB"/feature-level
   ``F.interpolate(x, scale_factor=8.0)``, i.e. *nearest*; ``upsample_mode="nearest"``
   reproduces it, the default is bilinear.
 * :class:`ResNetASPP` follows SimonVandenhende/Multi-Task-Learning-PyTorch
-  (``models/resnet_dilated.py``, ``models/aspp.py``), the code paper 004 builds on:
+  (``models/resnet_dilated.py``, ``models/aspp.py``), the code Guo et al. (arXiv 2025) build on:
   torchvision ResNet-18 dilated to stride 8 by the same ``_nostride_dilate`` rule applied to
   the built modules (torchvision's BasicBlock refuses ``replace_stride_with_dilation``), z =
   the 512-channel layer4 map; decoder = DeepLab-v3 head: ASPP (1x1 branch, 3x3 branches with

@@ -1,5 +1,5 @@
 """SegNet with MTAN attention (Liu et al., CVPR 2019), the model of the NYU-v2 and
-Cityscapes rows of papers 000 and 001.
+Cityscapes rows of Qin et al. (CVPR 2025)'s PIVRG and ConsMTL papers.
 
 * **Backbone** (``self.backbone`` = ``self.encoder["backbone"]``): SegNet with five encoder levels (filters 64, 128, 256,
   512, 512 by default) of conv3x3-BN-ReLU blocks, 2 x 2 max-pooling that keeps its

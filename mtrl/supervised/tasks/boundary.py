@@ -1,4 +1,4 @@
-"""Saliency, edge, depth-RMSE and mean-angle normal tasks of paper 004's NYUD-v2 four-task and
+"""Saliency, edge, depth-RMSE and mean-angle normal tasks of Guo et al. (arXiv 2025)'s NYUD-v2 four-task and
 PASCAL-Context five-task benchmarks (``shared/docs/dense_suites.md``), with the task protocol
 of :mod:`mtrl.supervised.tasks.dense` (``kind``, ``out_channels``, ``activate``, ``loss``,
 ``metrics``, ``metric_state``).

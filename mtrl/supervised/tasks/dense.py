@@ -1,7 +1,7 @@
 """Pixel-level tasks of the dense-vision benchmarks: output activation, training loss and
 split-level metrics of semantic segmentation, depth and surface-normal estimation.
 
-The definitions are those of the MTAN protocol that PIVRG (paper 000, sec. 5.1), ConsMTL,
+The definitions are those of the MTAN protocol that PIVRG (Qin et al., CVPR 2025, sec. 5.1), ConsMTL,
 Nash-MTL and FAMO follow (``shared/docs/supervised_benchmarks.md``):
 
 * segmentation: the head's C channels go through ``log_softmax``; loss NLL with ignore
@@ -223,7 +223,7 @@ class NormalAngles:
 
 
 class InstanceOffsetTask:
-    """Instance segmentation as offset regression (paper 002, Cityscapes three-task): two
+    """Instance segmentation as offset regression (Senushkin et al., CVPR 2023, Cityscapes three-task): two
     channels, each pixel's (dy, dx) to its instance's centre; target (B, 2, H, W) with
     ``ignore_value`` (250) on stuff and void pixels.  Loss L1 over the valid entries;
     metric ``l1`` = mean |pred - target| over them.  ``faithful=True`` casts both sides
@@ -252,7 +252,7 @@ class InstanceOffsetTask:
 
 
 class DisparityTask:
-    """Disparity (paper 002, Cityscapes three-task): one channel; target (B, 1, H, W),
+    """Disparity (Senushkin et al., CVPR 2023, Cityscapes three-task): one channel; target (B, 1, H, W),
     valid where > 0.  Loss L1 over the valid pixels; metric ``mse`` over them."""
 
     kind = "disparity"
