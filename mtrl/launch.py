@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .checkpoint import CheckpointError
+from .run_files import CheckpointError
 from .configuration import ConfigError
 from .run_files import DiskFullError, read_config, remove_temp_files, run_is_finished, write_status
 from .run_identity import META_KEY, POLICIES, KeyPolicy, check_continuation, config_hash, run_name

@@ -1,6 +1,9 @@
-"""The small files of a run directory, read and written in one place.
+"""A run directory's files, read and written in one place: every write goes through
+:func:`atomic_write`.
 
-``config.json`` (the resolved config; Hydra's ``.hydra/config.yaml`` is the fallback for
+Checkpoints (``checkpoints/latest.pt``, :func:`save_checkpoint` / :func:`load_checkpoint`):
+a run killed at any moment (SIGKILL included) leaves either the previous or the new
+checkpoint, never a torn file.  ``config.json`` (the resolved config; Hydra's ``.hydra/config.yaml`` is the fallback for
 runs started elsewhere) and ``status.json`` (``finished`` with the step, or ``failed``
 with the error).  Every write of a run goes through :func:`atomic_write` (a temporary
 file, fsync, a rename), so a reader (a summary on another machine, a relaunched sweep)
@@ -16,6 +19,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, IO
+
+import torch
 
 TEMP_SUFFIX = ".tmp"
 
@@ -149,3 +154,32 @@ def run_is_finished(run_dir: str | os.PathLike, steps: int) -> bool:
         return False
     last = last_record_step(run_dir)
     return last is not None and last >= int(steps)
+
+
+# -- checkpoints ------------------------------------------------------------------------
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the run."""
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    """Write ``state`` to ``path`` atomically (:func:`atomic_write`): the
+    previous checkpoint survives any failure; a full disk is a ``DiskFullError``."""
+    atomic_write(path, lambda f: torch.save(state, f), binary=True)
+
+
+def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """Read a checkpoint; a corrupt or foreign file raises :class:`CheckpointError` naming the fix.
+
+    ``mmap=True`` maps the tensors instead of reading them (the evaluator needs the agent,
+    not the replay buffer that makes up most of the file)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except Exception as exc:  # torch raises several kinds for truncated / foreign files
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}); "
+            "delete it to restart this run from scratch, or use a new run directory"
+        ) from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"{path} is not a checkpoint of this trainer; use a new run directory")
+    return state

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load
+from .run_files import CheckpointError, load_checkpoint
 from .evaluation import evaluate, evaluate_metaworld
 from . import run_files
 from .trainer import ConfigError, build_agent, build_env, resolve_device
@@ -37,7 +37,7 @@ def load_agent(run_dir: str | Path, env, device: torch.device):
     if not path.exists():
         raise CheckpointError(f"{path} does not exist: the run saved no checkpoint yet "
                               "(checkpoints are written every train.checkpoint_every steps)")
-    state = load(path, mmap=True)
+    state = load_checkpoint(path, mmap=True)
     agent = build_agent(cfg, env, device)
     try:
         agent.load_state_dict(state["agent"])

@@ -31,7 +31,7 @@ from aggregators import diagnostics
 
 from . import config_checks
 from .aggregation import ComponentBackward, host_state
-from .checkpoint import CheckpointError, load, save_atomic
+from .run_files import CheckpointError, load_checkpoint, save_checkpoint
 from .compiled_update import compile_update
 from .host_memory import keep_freed_memory
 from .configuration import ConfigError, build_aggregator, resolve_device
@@ -228,7 +228,7 @@ class Trainer:
         #: config values changed since the checkpoint (the documented resumable keys)
         self.changed: list[tuple[str, object, object]] = []
         if resumed:
-            self._restore(load(self.ckpt_path))
+            self._restore(load_checkpoint(self.ckpt_path))
         self.log = RunLogger(self.run_dir, resume_step=self.step if resumed else None,
                              evaluations=self.evaluations if resumed else None)
         self.log.save_config(self.cfg, self.step, self.changed)
@@ -309,7 +309,7 @@ class Trainer:
         return float(self.agent.optimizers["critic"].param_groups[0]["lr"])
 
     def save_checkpoint(self) -> None:
-        save_atomic(self._state(), self.ckpt_path)
+        save_checkpoint(self._state(), self.ckpt_path)
 
     # -- the loop -------------------------------------------------------------------------
     def _updates(self) -> None:

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = parser.parse_args(argv)
 
-    from mtrl.checkpoint import CheckpointError
+    from mtrl.run_files import CheckpointError
     from mtrl.saved_runs import evaluate_run
     from mtrl.trainer import format_success_table
 

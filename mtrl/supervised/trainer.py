@@ -40,7 +40,7 @@ import aggregators
 
 from .. import config_checks
 from .. import metrics as mtl_metrics
-from ..checkpoint import CheckpointError, load, save_atomic
+from ..run_files import CheckpointError, load_checkpoint, save_checkpoint
 from ..host_memory import keep_freed_memory
 from ..configuration import ConfigError, build_aggregator, resolve_device
 from ..metrics_log import RunLogger
@@ -157,7 +157,7 @@ class SupervisedTrainer:
         resumed = self.ckpt_path.exists()
         self.changed: list[tuple[str, object, object]] = []
         if resumed:
-            self._restore(load(self.ckpt_path))
+            self._restore(load_checkpoint(self.ckpt_path))
         self.log = RunLogger(self.run_dir, resume_step=self.epoch if resumed else None,
                              evaluations=self.evaluations if resumed else None)
         self.log.save_config(self.cfg, self.epoch, self.changed)
@@ -308,7 +308,7 @@ class SupervisedTrainer:
             self.log.evaluation(record)
             self.log.scalars({f"{sel}/delta_m": dm, **{f"{sel}/delta_m_i/{t}": v for t, v in dm_i.items()},
                               **{f"{s}/{m}": v for s, vals in values.items() for m, v in vals.items()}}, self.epoch)
-            save_atomic(self._state(), self.ckpt_path)
+            save_checkpoint(self._state(), self.ckpt_path)
             print(f"epoch {self.epoch}: {sel} dm% {dm:+.2f}" + (f", test dm% {record['test_delta_m']:+.2f}"
                                                               if "test" in record else ""))
         results = self.results()

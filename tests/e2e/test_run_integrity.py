@@ -252,14 +252,14 @@ def test_integral_numbers_are_recorded_as_integers():
 def test_a_full_disk_is_reported_as_such_and_keeps_the_old_file(tmp_path, monkeypatch):
     import tempfile
 
-    from mtrl.checkpoint import save_atomic
+    from mtrl.run_files import save_checkpoint
 
     path = tmp_path / "latest.pt"
-    save_atomic({"format": 2, "x": 1}, path)
+    save_checkpoint({"format": 2, "x": 1}, path)
     # the kernel's own ENOSPC: the temporary file is /dev/full
     monkeypatch.setattr(tempfile, "mkstemp", lambda **kw: (os.open("/dev/full", os.O_WRONLY), str(tmp_path / "t.tmp")))
     with pytest.raises(DiskFullError, match="no space left on the device writing .*latest.pt"):
-        save_atomic({"format": 2, "x": torch.zeros(100_000)}, path)
+        save_checkpoint({"format": 2, "x": torch.zeros(100_000)}, path)
     with pytest.raises(DiskFullError, match="no space left"):
         write_json_atomic(tmp_path / "status.json", {"state": "finished"})
     monkeypatch.undo()

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from mtrl.checkpoint import CheckpointError, save_atomic
+from mtrl.run_files import CheckpointError, save_checkpoint
 from mtrl.trainer import ConfigError, NonFiniteError, Trainer, prepare_config
 from helpers import ROOT
 
@@ -125,14 +125,14 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
 
 def test_atomic_save_keeps_the_old_checkpoint_when_writing_fails(tmp_path):
     path = tmp_path / "c.pt"
-    save_atomic({"format": 1, "x": 1}, path)
+    save_checkpoint({"format": 1, "x": 1}, path)
 
     class Boom:
         def __reduce__(self):
             raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        save_atomic({"format": 1, "x": Boom()}, path)
+        save_checkpoint({"format": 1, "x": Boom()}, path)
     assert torch.load(path)["x"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
