@@ -31,12 +31,20 @@ import numpy as np
 from scipy import stats
 
 from .run_files import read_config, read_status
-from .run_identity import META_KEY, RL_KEYS
+from .run_identity import META_KEY, RL_KEYS, KeyPolicy
 
 RUN_MARKERS = ("config.json", os.path.join(".hydra", "config.yaml"), "metrics.jsonl")
-# Config keys that do not change what a run computes: runs differing only here are seeds
-# of the same experiment.
-IGNORED_KEYS = frozenset({"seed"} | (RL_KEYS.untracked - {"train.steps"}))
+
+
+def seed_pooled_keys(policy: KeyPolicy, length_key: str) -> frozenset[str]:
+    """The config keys runs of one experiment may differ in: the seed and the driver's
+    untracked keys (``policy``: device, logging intervals, ...), except its run length
+    (``length_key``): a longer run is another experiment."""
+    return frozenset({"seed"} | (policy.untracked - {length_key}))
+
+
+#: the keys runs differing only in are seeds of the same experiment
+IGNORED_KEYS = seed_pooled_keys(RL_KEYS, "train.steps")
 LABEL_KEYS = ("env.name", "env.protocol", "agent.kind", "aggregator.name", "train.steps")
 RECORD_KEYS = {"step": int, "tasks": list, "success": list, "mean_success": (int, float)}
 SUMMARY_COLUMNS = ("env", "protocol", "agent", "aggregator", "steps", "variant", "seeds", "best_mean", "best_sem",
@@ -365,25 +373,33 @@ def load_run(run_dir) -> tuple[Run | None, list[Problem]]:
     return run, problems
 
 
-def load_runs(paths) -> tuple[list[Run], list[Problem]]:
-    """Find and load every run named by ``paths`` (see ``find_run_dirs``).  Returns the
-    usable runs (finished or not) and the problems: unusable runs (no config, no
-    evaluation yet, a malformed ``metrics.jsonl`` line), truncated and unfinished runs."""
+def collect_runs(paths, load_one) -> tuple[list, list[Problem]]:
+    """Every run named by ``paths`` (see ``find_run_dirs``) that ``load_one(run_dir) ->
+    (run or None, problems)`` can use, and every problem met on the way (none dropped)."""
     dirs, problems = find_run_dirs(paths)
     runs = []
     for d in dirs:
-        run, probs = load_run(d)
+        run, probs = load_one(d)
         problems += probs
         if run is not None:
             runs.append(run)
     return runs, problems
 
 
+def load_runs(paths) -> tuple[list[Run], list[Problem]]:
+    """Find and load every run named by ``paths`` (see ``find_run_dirs``).  Returns the
+    usable runs (finished or not) and the problems: unusable runs (no config, no
+    evaluation yet, a malformed ``metrics.jsonl`` line), truncated and unfinished runs."""
+    return collect_runs(paths, load_run)
+
+
 # ------------------------------------------------------------------------------ grouping
 
-def _group_key(run: Run) -> tuple:
-    flat = {k: v for k, v in flatten_config(run.config).items() if k not in IGNORED_KEYS}
-    flat["tasks"] = run.tasks
+def config_key(config: dict, ignored: frozenset[str], **extra) -> tuple:
+    """A hashable key of ``config`` without the ``ignored`` keys (plus ``extra`` entries):
+    runs with equal keys are seeds of one experiment."""
+    flat = {k: v for k, v in flatten_config(config).items() if k not in ignored}
+    flat.update(extra)
     return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in flat.items()))
 
 
@@ -456,7 +472,7 @@ def summarize(runs: list[Run], include_unfinished: bool = False, n_resamples: in
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         if run.finished or include_unfinished:
-            groups.setdefault(_group_key(run), []).append(run)
+            groups.setdefault(config_key(run.config, IGNORED_KEYS, tasks=run.tasks), []).append(run)
     by_label: dict[tuple, list[tuple]] = {}
     for key in groups:
         d = dict(key)
@@ -471,12 +487,16 @@ def summarize(runs: list[Run], include_unfinished: bool = False, n_resamples: in
 
 # ------------------------------------------------------------------------------- outputs
 
-def _fmt(x: float, digits: int = 3) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+def _fmt(x: float, digits: int = 3, sign: str = "") -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:{sign}.{digits}f}"
 
 
-def _pm(mean: float, err: float) -> str:
-    return f"{_fmt(mean)} ± {_fmt(err)}"
+def pm(mean: float, err: float, digits: int = 3, sign: str = "", missing_err: str | None = "n/a") -> str:
+    """``mean ± err`` to ``digits`` decimals (``sign="+"``: signed); a missing (non-finite)
+    error prints as ``missing_err``, or is left out where that is None."""
+    if err is None or not math.isfinite(err):
+        return _fmt(mean, digits, sign) if missing_err is None else f"{_fmt(mean, digits, sign)} ± {missing_err}"
+    return f"{_fmt(mean, digits, sign)} ± {_fmt(err, digits)}"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -493,7 +513,7 @@ def group_table_markdown(groups: list[GroupSummary]) -> str:
     rows = []
     for g in groups:
         rows.append([g.env, g.protocol, g.agent, g.aggregator, str(g.steps)] + ([g.variant] if with_variant else []) + [
-            str(g.n), _pm(g.best_mean, g.best_sem), _pm(g.final_mean, g.final_sem),
+            str(g.n), pm(g.best_mean, g.best_sem), pm(g.final_mean, g.final_sem),
             f"{_fmt(g.iqm)} [{_fmt(g.iqm_low)}, {_fmt(g.iqm_high)}]", g.flag])
     return markdown_table(header, rows)
 
@@ -506,7 +526,7 @@ def per_task_markdown(groups: list[GroupSummary]) -> str:
         by_tasks.setdefault(g.tasks, []).append(g)
     parts = []
     for tasks, gs in by_tasks.items():
-        rows = [[g.name, str(g.n)] + [_pm(m, s) for m, s in zip(g.task_mean, g.task_sem)] for g in gs]
+        rows = [[g.name, str(g.n)] + [pm(m, s) for m, s in zip(g.task_mean, g.task_sem)] for g in gs]
         parts.append(markdown_table(["group", "seeds"] + list(tasks), rows))
     return "\n\n".join(parts)
 

@@ -36,15 +36,14 @@ import numpy as np
 
 from .. import metrics as mtl_metrics
 from ..run_files import read_config, read_status
-from ..summary import (Problem, column_sem, flatten_config, markdown_table, seed_order, variant_labels, write_csv, find_run_dirs,
-                       problems_markdown, sem)
+from ..summary import (Problem, collect_runs, column_sem, config_key, markdown_table, pm, problems_markdown, seed_order,
+                       seed_pooled_keys, sem, variant_labels, write_csv)
 from ..run_identity import SUPERVISED_KEYS
 from .benchmarks.base import Metric
 from .registry import benchmark_metrics
 
-# Config keys that do not change what a run computes: runs differing only here are seeds
-# of the same method.
-IGNORED_KEYS = frozenset({"seed"} | (SUPERVISED_KEYS.untracked - {"train.epochs"}))
+#: the keys runs differing only in are seeds of the same method (a row)
+IGNORED_KEYS = seed_pooled_keys(SUPERVISED_KEYS, "train.epochs")
 #: relative tolerance between results.json's dm% and the one recomputed from its metrics
 DM_TOLERANCE = 1e-6
 FIXED_COLUMNS = ("benchmark", "table", "method", "aggregator", "mode", "variant", "seeds", "seed_list", "mr",
@@ -302,22 +301,11 @@ def load_run(run_dir, metrics_cache: dict | None = None) -> tuple[SupervisedRun 
 def load_runs(paths) -> tuple[list[SupervisedRun], list[Problem]]:
     """Every usable run named by ``paths`` (run directories, parents searched recursively,
     glob patterns; see :func:`mtrl.summary.find_run_dirs`) and the problems met."""
-    dirs, problems = find_run_dirs(paths)
-    runs, cache = [], {}
-    for d in dirs:
-        run, probs = load_run(d, cache)
-        problems += probs
-        if run is not None:
-            runs.append(run)
-    return runs, problems
+    cache: dict = {}
+    return collect_runs(paths, lambda run_dir: load_run(run_dir, cache))
 
 
 # ------------------------------------------------------------------------------ grouping
-
-def _group_key(config: dict) -> tuple:
-    flat = {k: v for k, v in flatten_config(config).items() if k not in IGNORED_KEYS}
-    return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in flat.items()))
-
 
 def _label(config: dict) -> tuple[str, str, str]:
     """(benchmark, mode, aggregator) of a run config (mode ``param`` where unset, as the trainer)."""
@@ -330,7 +318,7 @@ def group_runs(runs: list[SupervisedRun]) -> tuple[list[MethodRow], list[Problem
     apart.  A seed that appears twice in one row is reported (both runs are kept)."""
     groups: dict[tuple, list[SupervisedRun]] = {}
     for run in runs:
-        groups.setdefault(_group_key(run.config), []).append(run)
+        groups.setdefault(config_key(run.config, IGNORED_KEYS), []).append(run)
     by_label: dict[tuple, list[tuple]] = {}
     for key, members in groups.items():
         by_label.setdefault(_label(members[0].config), []).append(key)
@@ -386,11 +374,6 @@ def _num(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{x:.4g}"
 
 
-def _pm(mean: float, err: float, digits: int = 2, sign: str = "") -> str:
-    text = f"{mean:{sign}.{digits}f}"
-    return text if not math.isfinite(err) else f"{text} ± {err:.{digits}f}"
-
-
 def _arrow(higher_is_better: bool) -> str:
     return "↑" if higher_is_better else "↓"
 
@@ -411,8 +394,9 @@ def table_markdown(table: Table) -> str:
             + ["-", "0.00", "0.00"] + (["0.00"] if weighted else []) + (["-"] * len(tasks) if lambdas else [])]
     for r in table.rows:
         rows.append([r.method] + ([r.variant] if variant else [])
-                    + [str(r.n)] + [_num(x) for x in r.mean] + [f"{r.mr:.2f}", _pm(r.delta_m, r.delta_m_sem, sign="+"),
-                                                                 f"{r.delta_m_var:.2f}"]
+                    + [str(r.n)] + [_num(x) for x in r.mean]
+                    + [f"{r.mr:.2f}", pm(r.delta_m, r.delta_m_sem, digits=2, sign="+", missing_err=None),
+                       f"{r.delta_m_var:.2f}"]
                     + ([f"{r.task_weighted_delta_m:+.2f}"] if weighted else [])
                     + (([_num(w) for w in r.mean_weights] if r.mean_weights else ["-"] * len(tasks)) if lambdas else []))
     reports = sorted({r.results.get("report", "selected epoch") for row in table.rows for r in row.runs})
