@@ -70,15 +70,18 @@ def _shared_linear(x: Tensor, w: Tensor, b: Tensor, record: list | None) -> Tens
     else:   # an ensemble: one batched matmul, the bias folded in
         y = torch.baddbmm(b.unsqueeze(-2), x.expand(w.shape[0], *x.shape[-2:]), w.transpose(-1, -2))
     if record is not None:
-        _record(record, (x, y, w, b))
+        if torch.compiler.is_compiling():
+            _record_outside_graph(record, (x, y, w, b))
+        else:
+            record.append((x, y, w, b))
     return y
 
 
 @torch.compiler.disable
-def _record(record: list, entry: tuple) -> None:
-    """Outside any compiled graph: under ``torch.compile`` the recorded output is then a
-    graph boundary, on the loss's autograd path (an intermediate a graph returns is not,
-    and the gradients taken to it would be zeros)."""
+def _record_outside_graph(record: list, entry: tuple) -> None:
+    """Under ``torch.compile``, recording breaks the graph, so that the recorded output is
+    a graph boundary on the loss's autograd path (an intermediate that a graph returns is
+    not: the gradients the engine takes to it would be zeros)."""
     record.append(entry)
 
 

@@ -18,7 +18,7 @@ The compiled update computes what the eager one does, to float tolerance
 * the engine differentiates the graph more than once (``retain_graph``), which
   AOTAutograd's donated buffers would free: they are off;
 * ``autograd.grad`` and the host solvers break the graph; the recorded layer outputs are
-  graph boundaries (:func:`agents.networks._record`), so the per-task gradients taken to
+  graph boundaries (:func:`agents.networks._record_outside_graph`), so the per-task gradients taken to
   them are the eager ones.
 
 The first updates pay the compile (about 30 s on two CPU cores at the test's sizes).
