@@ -10,7 +10,10 @@ from PIL import Image
 
 from mtrl.supervised.data.errors import DatasetNotFound
 from mtrl.supervised.benchmarks.dense import collate
-from mtrl.supervised.data.nyud_pascal import IGNORE, IMAGENET_MEAN, IMAGENET_STD, NYUD_SCALES, NYUDSplit, PascalContextSplit, flip, label_map_boundary, label_map_edges, read_human_parts, scale_rotate, thin
+from mtrl.supervised.data.images import IMAGENET_MEAN, IMAGENET_STD
+from mtrl.supervised.data.nyud_pascal import (IGNORE, NYUD_SCALES, NYUDSplit, PascalContextSplit, flip, label_map_boundary,
+                                              label_map_edges, read_human_parts, scale_rotate)
+from mtrl.supervised.tasks.morphology import thin
 from mtrl.supervised.testing import write_human_parts_mat, write_label_map, write_nyud, write_pascal_context
 
 SHAPE = (8, 12)

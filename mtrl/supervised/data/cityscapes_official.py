@@ -74,6 +74,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .errors import DataError, DatasetNotFound
+from .images import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["CityscapesOfficialSplit", "CityscapesSample", "find_samples", "train_ids", "instance_offsets",
            "decode_disparity", "preprocess_image", "rotate_flip", "read_raw",
@@ -87,10 +88,8 @@ THING_LABEL_IDS = (24, 25, 26, 27, 28, 31, 32, 33)
 VARIANTS = ("faithful", "corrected")
 #: SL's disparity divisor (``DEPTH_STD``)
 SL_DISPARITY_DIVISOR = 2729.0680031169923
-#: ImageNet statistics: SL's mean vector in 0-255 units; torchvision's mean / std in 0-1 units
+#: SL's ImageNet mean vector in 0-255 units (torchvision's 0-1 mean / std: data.images)
 SL_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLIT_FOLDERS = {"train": "train", "val": "val", "test": "val"}
 MAX_DEGREES = 10.0
 

@@ -76,14 +76,13 @@ from torch.utils.data import Dataset
 
 from ..tasks.morphology import thin
 from .errors import DataError, DatasetNotFound
+from .images import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["NYUDSplit", "PascalContextSplit", "read_human_parts", "label_map_boundary", "label_map_edges",
            "nyud_semantic", "pascal_semantic", "png_edges", "png_normals", "png_normals_raw", "saliency_from_png", "mask_normals",
            "NYUD_TASKS", "PASCAL_TASKS", "NYUD_SIZE", "PASCAL_SIZE", "IGNORE"]
 
 IGNORE = 255
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 NYUD_TASKS = ("semantic", "depth", "normals", "edge")
 PASCAL_TASKS = ("semantic", "human_parts", "saliency", "normals", "edge")
 NYUD_SIZE = (480, 640)
