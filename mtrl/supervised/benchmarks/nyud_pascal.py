@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..tasks.boundary import EDGE_MAX_DIST, DepthRMSETask, EdgeTask, NormalL1Task, SaliencyTask
+from ..tasks.boundary import EDGE_MAX_DIST, EDGE_THRESHOLDS, DepthRMSETask, EdgeTask, NormalL1Task, SaliencyTask
 from .dense import DenseBenchmark
 from ..tasks.dense import SegmentationTask
 from ..data.nyud_pascal import IGNORE, NYUD_SIZE, NYUD_TASKS, PASCAL_SIZE, PASCAL_TASKS, NYUDSplit, PascalContextSplit
@@ -44,7 +44,8 @@ class _MTLBenchmark(DenseBenchmark):
     semantic_classes: int
     edge_dist: float
 
-    def __init__(self, root: str | Path, size=None, augment: bool = False, edge_thresholds: int = 19, **options):
+    def __init__(self, root: str | Path, size=None, augment: bool = False, edge_thresholds: int = EDGE_THRESHOLDS,
+                 **options):
         super().__init__(root, **options)
         self.dense_tasks = _tasks(self.tasks, self.semantic_classes, self.edge_dist, edge_thresholds)
         size = tuple(size) if size else self.default_size
@@ -56,7 +57,7 @@ class NYUDBenchmark(_MTLBenchmark):
     name = "nyud"
     tasks = list(NYUD_TASKS)
     semantic_classes, edge_dist = 40, EDGE_MAX_DIST["nyud"]
-    dense_tasks = _tasks(NYUD_TASKS, 40, EDGE_MAX_DIST["nyud"], 19)
+    dense_tasks = _tasks(tasks, semantic_classes, edge_dist, EDGE_THRESHOLDS)
     baselines = STL_NYUD
     default_size = tuple(NYUD_SIZE)
     split_class = NYUDSplit
@@ -66,7 +67,7 @@ class PascalContextBenchmark(_MTLBenchmark):
     name = "pascal_context"
     tasks = list(PASCAL_TASKS)
     semantic_classes, edge_dist = 21, EDGE_MAX_DIST["pascal"]
-    dense_tasks = _tasks(PASCAL_TASKS, 21, EDGE_MAX_DIST["pascal"], 19)
+    dense_tasks = _tasks(tasks, semantic_classes, edge_dist, EDGE_THRESHOLDS)
     baselines = STL_PASCAL
     default_size = tuple(PASCAL_SIZE)
     split_class = PascalContextSplit
