@@ -10,13 +10,14 @@ aggregated backward is handed in (``mtrl.aggregation.component_backwards``).  Ag
 import no aggregator and nothing of ``mtrl``.
 """
 
+from .base import Agent
 from .networks import KINDS, Actor, Critic, StackedMLP, mlp_forward, squashed_gaussian
 from .rollback import Rollback
 from .sac import (COMPONENTS, NONFINITE_SKIPS, Backward, MultiTaskSAC, SumBackward, Temperature, actor_losses,
                   critic_losses, temperature_losses)
 
 __all__ = [
-    "COMPONENTS", "KINDS", "NONFINITE_SKIPS", "Actor", "Backward", "Critic", "MultiTaskSAC", "Rollback",
+    "COMPONENTS", "KINDS", "Agent", "NONFINITE_SKIPS", "Actor", "Backward", "Critic", "MultiTaskSAC", "Rollback",
     "StackedMLP", "SumBackward",
     "Temperature", "actor_losses", "critic_losses", "mlp_forward", "squashed_gaussian", "temperature_losses",
 ]

@@ -22,6 +22,7 @@ from typing import Callable, Mapping, Protocol
 import torch
 from torch import Tensor, nn
 
+from .base import Agent
 from .networks import KINDS, Actor, Critic, squashed_gaussian
 from .rollback import Rollback, place_step_counts
 
@@ -186,7 +187,7 @@ class Temperature(nn.Module):
 # ---------------------------------------------------------------------------------------
 # the agent
 # ---------------------------------------------------------------------------------------
-class MultiTaskSAC:
+class MultiTaskSAC(Agent):
     """Multi-task SAC (``kind``: ``mh_sac``, ``mtl_sac`` or ``mtl_sac_te``) for k tasks.
 
     Args:
@@ -214,6 +215,8 @@ class MultiTaskSAC:
         device: where parameters live.  On CUDA the optimisers are capturable (their step
             counts on the device).
     """
+
+    components = COMPONENTS
 
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, kind: str = "mh_sac", *,
                  hidden: int = 400, layers: int = 3, critic_hidden: int | None = None,

@@ -26,10 +26,10 @@ import torch
 from tqdm import tqdm
 
 import envs
-from agents import COMPONENTS, MultiTaskSAC
+from agents import Agent
 from aggregators import diagnostics
 
-from . import config_checks
+from . import components, config_checks
 from .aggregation import ComponentBackward, host_state
 from .run_files import CheckpointError, load_checkpoint, save_checkpoint
 from .compiled_update import compile_update
@@ -121,38 +121,36 @@ def build_env(env_cfg: dict, seed: int, protocol: str | None = None, vector: str
         raise ConfigError(str(exc)) from None
 
 
-def build_agent(cfg: dict, env, device: torch.device) -> MultiTaskSAC:
-    """The run's agent for ``env`` (also used to load a saved run for evaluation), handed
+def build_agent(cfg: dict, env, device: torch.device) -> Agent:
+    """The run's agent for ``env`` (also used to load a saved run for evaluation): the
+    :class:`~agents.Agent` that ``agent._target_`` names, built with the env's sizes and
     one :class:`~mtrl.aggregation.ComponentBackward` per component; it skips non-finite
     updates where :func:`nonfinite_skip` says (``agent.device_skip``)."""
     aggs = component_aggregators(cfg, env.num_tasks)
     skip = nonfinite_skip(cfg, device, aggs)
     t = cfg.get("train", {})
     backward = {c: ComponentBackward(aggs[c], t.get("task_grads", "own"), t.get("per_task_grads", "auto"))
-                for c in COMPONENTS}
-    a = dict(cfg["agent"])
-    kind = a.pop("kind")
-    try:
-        return MultiTaskSAC(env.obs_dim, env.act_dim, env.num_tasks, kind=kind, backward=backward,
-                            nonfinite_skip=skip, device=device, **a)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"agent config: {str(exc).splitlines()[0]}") from None
+                for c in aggs}
+    return components.build(cfg["agent"], "agent", base=Agent, obs_dim=env.obs_dim, act_dim=env.act_dim,
+                            num_tasks=env.num_tasks, backward=backward, nonfinite_skip=skip, device=device,
+                            catch=(TypeError, ValueError, RuntimeError))
 
 
 def component_aggregators(cfg: dict, k: int) -> dict:
-    """The configured aggregator on the components listed in ``aggregate``, LS on the
-    others; a method whose declared needs the SAC losses cannot meet is a ConfigError."""
-    components = list(cfg.get("aggregate", COMPONENTS))
-    unknown = sorted(set(components) - set(COMPONENTS))
+    """The configured aggregator on the agent's components listed in ``aggregate``, LS on
+    the others; a method whose declared needs the SAC losses cannot meet is a ConfigError."""
+    every = components.target_of(cfg["agent"], "agent", Agent).components
+    aggregated = list(cfg.get("aggregate", every))
+    unknown = sorted(set(aggregated) - set(every))
     if unknown:
-        raise ConfigError(f"aggregate lists unknown component(s) {unknown}; valid: {', '.join(COMPONENTS)}")
-    aggs = {c: build_aggregator(cfg["aggregator"] if c in components else {"name": "ls"}, k) for c in COMPONENTS}
+        raise ConfigError(f"aggregate lists unknown component(s) {unknown}; valid: {', '.join(every)}")
+    aggs = {c: build_aggregator(cfg["aggregator"] if c in aggregated else {"name": "ls"}, k) for c in every}
     name = cfg["aggregator"]["name"]
-    if any(aggs[c].has_lower_level for c in components):
+    if any(aggs[c].has_lower_level for c in aggregated):
         raise ConfigError(f"{name}'s lower level needs the task heads' gradients through the representation "
                           "with a second-order term, which for the SAC actor runs through the critic; it is "
                           "not supported on MT10: use pivrg (ConsMTL's upper level is PIVRG with omega = 1)")
-    if "actor" in components and aggs["actor"].needs_positive_losses:
+    if "actor" in aggregated and aggs["actor"].needs_positive_losses:
         raise ConfigError(f"{name} takes the log of the losses and the SAC actor loss is negative: "
                           f"use aggregate=[critic] (FAMO's MT10 setting) or aggregate=[critic,alpha]")
     return aggs
@@ -323,7 +321,7 @@ class Trainer:
     def _update(self, log: bool = True) -> None:
         batch = self.buffer.sample(self.batch_size, self.sample_gen)
         info = self.agent.update(batch)
-        flags = [info[f"skipped_{c}"] for c in COMPONENTS]
+        flags = [info[f"skipped_{c}"] for c in self.agent.components]
         if self.agent.device_skip:   # counted on the device, read at log time
             self.skips.add(torch.stack(flags).any())
         elif any(flags):
@@ -338,7 +336,7 @@ class Trainer:
             self._read_skips()
             self.log.scalars(self._loggable(info), self.step)
         if self.diagnostics_every > 0 and self.step % self.diagnostics_every == 0:
-            for c in COMPONENTS:
+            for c in self.agent.components:
                 gram = info.get(f"gram_{c}")
                 if gram is not None and gram.shape[0] > 1:
                     self.log.scalars({f"diagnostics/{c}/{key}": v
@@ -410,7 +408,7 @@ class Trainer:
             self._feed_performance(res.success)
         if self.fed_success is not None:
             record["delta_m"] = success_drops(np.asarray(self.fed_success), self.reference_success).tolist()
-        for c in COMPONENTS:
+        for c in self.agent.components:
             agg = self.aggregators[c]
             if agg.uses_performance:
                 record.setdefault("omega", agg.omega.tolist())

@@ -151,11 +151,11 @@ def suite_setup(name: str, batch_size: int, shape, data_root: str):
     if name == "cityscapes3":
         from mtrl.supervised.testing import write_cityscapes_official
         write_cityscapes_official(root, {"train": batch_size, "val": 1}, shape)
-        bench = benchmark_class(name)(root, image_size=shape)
+        bench = benchmark_class({"name": name})(root, image_size=shape)
     else:
         from mtrl.supervised.testing import write_pascal_context
         write_pascal_context(root, batch_size, 1, shape)
-        bench = benchmark_class(name)(root, size=shape)
+        bench = benchmark_class({"name": name})(root, size=shape)
     return bench, next(iter(bench.loader("train", batch_size, shuffle=False))), shape, {}
 
 

@@ -48,6 +48,7 @@ from ..run_files import write_json_atomic
 from ..run_identity import SUPERVISED_KEYS, check_continuation
 from .benchmarks.base import Benchmark
 from .data.errors import DataError, DatasetNotFound
+from .registry import build_benchmark
 
 CHECKPOINT_FORMAT = 2
 MODES = config_checks.SUPERVISED_RULES["mode"].values
@@ -55,26 +56,10 @@ MODES = config_checks.SUPERVISED_RULES["mode"].values
 
 def prepare_config(cfg: dict) -> dict:
     """The checked config a run uses (:func:`mtrl.config_checks.prepare` with the supervised
-    rules; the benchmark names are valid presets); every bad value is a one-line ConfigError."""
-    from .registry import BENCHMARKS
-
-    return config_checks.prepare(cfg, config_checks.SUPERVISED_RULES, known_presets=BENCHMARKS)
-
-
-def build_benchmark(cfg: dict) -> Benchmark:
-    """The benchmark named by ``cfg["name"]``, built from ``root`` and its options."""
-    from .registry import BENCHMARKS, benchmark_class
-
-    options = {k: v for k, v in cfg.items() if k not in ("name", "root", "preset")}
-    name = cfg["name"]
-    if name not in BENCHMARKS:
-        raise ConfigError(f"unknown benchmark {name!r}; valid: {', '.join(sorted(BENCHMARKS))}")
-    if not cfg.get("root"):
-        raise ConfigError(f"benchmark {name} needs its data: set data.root=PATH")
-    try:
-        return benchmark_class(name)(cfg["root"], **options)
-    except TypeError as exc:
-        raise ConfigError(f"benchmark {name}: {exc}") from None
+    rules; the run's benchmark is a valid aggregator preset even where the references
+    publish no values for it); every bad value is a one-line ConfigError."""
+    own = (cfg.get("benchmark") or {}).get("name")
+    return config_checks.prepare(cfg, config_checks.SUPERVISED_RULES, known_presets=(own,) if own else ())
 
 
 def delta_m_report(values: dict[str, float], bench: Benchmark) -> dict:

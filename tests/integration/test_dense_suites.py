@@ -253,7 +253,7 @@ def test_training_epochs_estimate_edge_odsf_cheaply(data):
     pytest.importorskip("pyEdgeEval")
     from mtrl.supervised.tasks.boundary import EdgeODSF
     from mtrl.supervised.registry import benchmark_class
-    bench = benchmark_class("nyud")(data / "nyud", **{**OPTIONS["nyud"], "edge_thresholds": 19})
+    bench = benchmark_class({"name": "nyud"})(data / "nyud", **{**OPTIONS["nyud"], "edge_thresholds": 19})
     train_edge, eval_edge = bench.train_metric_state().states[-1], bench.metric_state().states[-1]
     assert (len(train_edge.thresholds), train_edge.images_per_batch) == (5, 1)
     assert (len(eval_edge.thresholds), eval_edge.images_per_batch) == (19, None)

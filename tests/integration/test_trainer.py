@@ -22,7 +22,7 @@ def point_mass_cfg(aggregator="ls", kind="mh_sac", steps=1000, seed=0, **train):
     return {"seed": seed, "device": "cpu", "aggregator_preset": None, "aggregate": ["critic", "actor", "alpha"],
             "env": {"name": "point_mass", "protocol": "paper", "reward_version": "v2",
                     "kwargs": {"num_tasks": 4, "observe_goal": True}},
-            "agent": {"kind": kind, "hidden": 64, "layers": 2},
+            "agent": {"_target_": "agents.sac.MultiTaskSAC", "kind": kind, "hidden": 64, "layers": 2},
             "aggregator": {"name": aggregator},
             "train": t,
             "performance": {"reference_success": 1.0}}
@@ -79,7 +79,7 @@ def _mt1_cfg(vector: str) -> dict:
     cfg = point_mass_cfg("pivrg", steps=200, seed_steps=100, batch_size=32, eval_every=200, eval_episodes=1,
                          checkpoint_every=200, diagnostics_every=50)
     cfg["env"] = {"name": "mt1:reach-v3", "protocol": "paper", "reward_version": "v2", "vector": vector}
-    cfg["agent"] = {"kind": "mh_sac", "hidden": 32, "layers": 1}
+    cfg["agent"] = {"_target_": "agents.sac.MultiTaskSAC", "kind": "mh_sac", "hidden": 32, "layers": 1}
     return cfg
 
 
