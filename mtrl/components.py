@@ -82,7 +82,8 @@ def build(section: dict, what: str, /, *args, base: type | None = None, labels: 
     options = {k: v for k, v in section.items() if k != TARGET and k not in labels}
     sig = inspect.signature(target)
     if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        valid = accepted_options(target, tuple(runtime))
+        positional = [p.name for p in sig.parameters.values() if p.name != "self"][:len(args)]
+        valid = accepted_options(target, (*positional, *runtime))
         unknown = sorted(set(options) - set(valid))
         if unknown:
             raise ConfigError(f"{what}: unknown option(s) {', '.join(unknown)} for {section[TARGET]}; "

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 import aggregators
-from mtrl.supervised.models.dense import (PSPNet, WeightsNotFound, build_dense_model, load_backbone_weights,
+from mtrl.supervised.models.dense import (PSPNet, WeightsNotFound, load_backbone_weights,
                                           nostride_dilate)
+from mtrl.configuration import ConfigError
+from mtrl.supervised.models.base import build_model
 from mtrl.supervised.tasks.dense import DepthTask, NormalTask, SegmentationTask
 
 B, H, W = 2, 32, 64
@@ -34,9 +36,9 @@ def models():
     pytest.importorskip("timm")
     torch.manual_seed(0)
     tasks = make_tasks()
-    return {"pspnet": build_dense_model("pspnet", tasks, upsample=8),
-            "resnet18_aspp": build_dense_model("resnet18_aspp", tasks),
-            "hrnet18": build_dense_model("hrnet18", tasks, timm_name=HRNET_SMALL)}
+    return {"pspnet": build_model({"name": "pspnet", "upsample": 8}, tasks),
+            "resnet18_aspp": build_model({"name": "resnet18_aspp"}, tasks),
+            "hrnet18": build_model({"name": "hrnet18", "timm_name": HRNET_SMALL}, tasks)}
 
 
 def image(h=H, w=W, seed=0):
@@ -53,12 +55,12 @@ def targets(h=H, w=W, seed=1):
 # ----------------------------------------------------------------------------- factory
 
 def test_factory_rejects_unknown_names_and_options():
-    with pytest.raises(ValueError, match="valid: hrnet18, pspnet, resnet18_aspp"):
-        build_dense_model("segnet", make_tasks())
-    with pytest.raises(ValueError, match="takes the options weights, upsample, upsample_mode; got unknown depth"):
-        build_dense_model("pspnet", make_tasks(), depth=50)
-    with pytest.raises(ValueError, match="got unknown depth"):
-        build_dense_model("resnet18_aspp", make_tasks(), depth=34)   # fixed by the name
+    with pytest.raises(ConfigError, match="unknown model 'segnet'; valid: .*hrnet18, pspnet, resnet18_aspp, segnet_mtan"):
+        build_model({"name": "segnet"}, make_tasks())
+    with pytest.raises(ConfigError, match="unknown option.s. depth for .*PSPNet; valid: upsample, upsample_mode, weights"):
+        build_model({"name": "pspnet", "depth": 50}, make_tasks())
+    with pytest.raises(ConfigError, match="model default config has no _target_"):
+        build_model({"name": "default"}, make_tasks())   # QM9's and CelebA's: the benchmark's own model
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -196,7 +198,7 @@ def test_imagenet_weights_round_trip(tmp_path, name):
         state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     path = tmp_path / "backbone.pth"
     torch.save(state, path)
-    model = build_dense_model(name, make_tasks(), weights=str(path), **options)
+    model = build_model({"name": name, "weights": str(path), **options}, make_tasks())
     loaded = model.encoder.state_dict()
     for key, value in loaded.items():
         if key in state:
@@ -218,7 +220,7 @@ def test_missing_weights_file_says_what_to_put_where(tmp_path, name, expected):
     path = tmp_path / "nowhere.pth"
     with pytest.raises(WeightsNotFound, match=expected + f".* not found at {path}; download them .*"
                        f"set model.weights={path}") as info:
-        build_dense_model(name, make_tasks(), weights=path)
+        build_model({"name": name, "weights": path}, make_tasks())
     assert isinstance(info.value, FileNotFoundError)
 
 

@@ -14,10 +14,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..models.base import MultiTaskModel
+from ..models.base import MultiTaskModel, build_model
 from .base import Benchmark, Metric
 from ..tasks.dense import DenseTask
-from ..models.segnet_mtan import SegNetMTAN
 
 
 def collate(samples):
@@ -28,7 +27,7 @@ def collate(samples):
 class DenseBenchmark(Benchmark):
     """Subclasses set ``name``, ``tasks`` (names), ``dense_tasks`` (task objects of
     :mod:`~mtrl.supervised.tasks.dense`), ``baselines`` ({metric name: single-task value}),
-    ``default_model`` and ``default_size``, and fill ``self.datasets`` ({split: a torch
+    ``default_model`` (a ``configs/model/<name>.yaml``) and ``default_size``, and fill ``self.datasets`` ({split: a torch
     Dataset whose item is (image (3, H, W), [target of each task])}).
 
     Options: ``num_workers`` loader processes; ``report_last_epochs`` how many final
@@ -92,15 +91,11 @@ class DenseBenchmark(Benchmark):
     def inputs(self, batch) -> Tensor:
         return batch[0]
 
-    def build_model(self, name: str | None = None, **options) -> MultiTaskModel:
-        """The model ``name`` (default: the benchmark's ``default_model``) for its tasks,
-        with ``options`` (the run config's ``model`` section): ``segnet_mtan`` (``filters``)
-        or a model of :mod:`~mtrl.supervised.models.dense` (``weights``, ...)."""
-        name = name or self.default_model
-        if name == "segnet_mtan":
-            return SegNetMTAN(self.dense_tasks, **options)
-        from ..models.dense import build_dense_model
-        return build_dense_model(name, self.dense_tasks, **options)
+    def build_model(self, **section) -> MultiTaskModel:
+        """The model the run config's ``model`` section names (its ``_target_``, or
+        ``configs/model/<name>.yaml``; default: the benchmark's ``default_model``) for its
+        tasks, with the section's options (SegNet-MTAN's ``filters``, ``weights``, ...)."""
+        return build_model({"name": self.default_model, **section}, self.dense_tasks)
 
     def task_losses(self, outputs: list[Tensor], batch) -> Tensor:
         for name, out, target in zip(self.tasks, outputs, batch[1]):

@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ... import components
+
 
 class MultiTaskModel(nn.Module, ABC):
     """A shared encoder and one head per task: ``forward(x) = decode(encode(x))``.
@@ -43,3 +45,12 @@ class MultiTaskModel(nn.Module, ABC):
         if not layers:
             raise ValueError(f"{type(self).__name__} has no convolution or linear layer in its encoder")
         return [p for p in layers[-1].parameters() if p.requires_grad]
+
+
+def build_model(section: dict, tasks) -> MultiTaskModel:
+    """The model a config's ``model`` section names for ``tasks``: its ``_target_`` with the
+    section's options (``name`` is the label); a section with only a ``name`` takes
+    ``configs/model/<name>.yaml`` under its options."""
+    if components.TARGET not in section:
+        section = {**components.group_option("model", section.get("name", "(none)")), **section}
+    return components.build(section, f"model {section.get('name')}", tasks, base=MultiTaskModel, labels=("name",))

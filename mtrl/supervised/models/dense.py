@@ -49,7 +49,6 @@ the references.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -366,25 +365,3 @@ class HRNet(MultiTaskModel):
     def decode(self, z: Sequence[Tensor]) -> list[Tensor]:
         size = (z[0].shape[-2] * self.STRIDES[0], z[0].shape[-1] * self.STRIDES[0])
         return [t.activate(_upsample(head(z), size, "bilinear")) for t, head in zip(self.tasks, self.heads)]
-
-
-# ----------------------------------------------------------------------------- factory
-
-MODELS: dict[str, Any] = {
-    "pspnet": (PSPNet, {}),
-    "resnet18_aspp": (ResNetASPP, {"depth": 18}),
-    "hrnet18": (HRNet, {}),
-}
-
-
-def build_dense_model(name: str, tasks: Sequence[DenseTask], /, **options: Any) -> MultiTaskModel:
-    """The model ``name`` (config ``model.name``) for ``tasks``; ``options`` are the model's
-    keyword arguments (``weights`` = ``model.weights``, ``upsample``, HRNet's ``timm_name``, ...)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown dense model {name!r}; valid: {', '.join(sorted(MODELS))}")
-    cls, fixed = MODELS[name]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "tasks") and p not in fixed]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"model {name!r} takes the options {', '.join(accepted)}; got unknown {', '.join(unknown)}")
-    return cls(tasks, **fixed, **options)
