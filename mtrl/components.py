@@ -1,10 +1,11 @@
 """The one registry mechanism: a config section names the class (or factory) that builds
 it as Hydra's ``_target_``, with its hyper-parameters beside it.
 
-Agents (``configs/agent/*.yaml``), supervised benchmarks (``configs/benchmark/*.yaml``),
-their models (``configs/model/*.yaml``) and aggregators (``aggregator/<name>``, generated
-from the aggregator registry by :mod:`mtrl.config_store`) are all built here, so adding one
-is its Python file plus its YAML.  The section's keys are checked against the target's
+Agents (``configs/agent/*.yaml``), supervised benchmarks (``configs/benchmark/*.yaml``) and
+their models (``configs/model/*.yaml``) are all built here, so adding one is its Python file
+plus its YAML.  Aggregators are named in the library's own registry (``@register``,
+``aggregators.make``), from which :func:`mtrl.launch.register_aggregator_configs` derives
+every ``aggregator=<name>`` config.  The section's keys are checked against the target's
 signature first: an unknown key, a missing ``_target_`` or a target of the wrong kind is
 one :class:`~mtrl.configuration.ConfigError` line naming the valid options.
 """

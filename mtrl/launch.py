@@ -58,6 +58,29 @@ def register_run_name() -> None:
     OmegaConf.register_new_resolver("run_name", _resolve_run_name, replace=True)
 
 
+def register_aggregator_configs() -> None:
+    """One ``aggregator/<name>`` config per registry name, derived from the method's
+    signature (its name and every hyper-parameter with its default), in Hydra's
+    ConfigStore: ``aggregator=<name>`` needs no YAML file.  ``configs/aggregator/`` holds
+    only named settings of a method (``grid_search``: LS with a benchmark's loss weights).
+    Importing this module does it."""
+    import aggregators
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name in aggregators.available():
+        defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in aggregators.hyperparameters(name).items()}
+        store.store(group="aggregator", name=name, node={"name": name, **defaults})
+
+
+def aggregator_choices() -> list[str]:
+    """Every ``aggregator=`` choice: the registry's names and the named settings' YAMLs."""
+    import aggregators
+
+    files = {p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "aggregator").glob("*.yaml")}
+    return sorted(set(aggregators.available()) | files)
+
+
 def job_overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
@@ -132,3 +155,4 @@ def run_directory(run_dir: str | Path, config: dict, *, policy: KeyPolicy, prepa
 
 
 register_run_name()
+register_aggregator_configs()

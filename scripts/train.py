@@ -44,7 +44,7 @@ def check_group_choices(argv: list[str], groups: tuple[str, ...] = GROUPS) -> No
         key, sep, value = arg.lstrip("+~").partition("=")
         if not sep or key not in groups or value in ("null", ""):
             continue
-        valid = sorted(p.stem for p in (CONFIGS / key).glob("*.yaml"))
+        valid = launch.aggregator_choices() if key == "aggregator" else sorted(p.stem for p in (CONFIGS / key).glob("*.yaml"))
         for choice in value.split(","):  # multirun sweeps: a,b,c
             if choice not in valid:
                 print(f"error: unknown {key} {choice!r}; valid: {', '.join(valid)}", file=sys.stderr)

@@ -183,6 +183,8 @@ def test_missing_weights_are_a_clear_error(data, tmp_path):
 
 def test_presets_compose():
     from hydra import compose, initialize_config_dir
+
+    import mtrl.launch  # noqa: F401  (registers the aggregator configs)
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         nyud = compose("supervised", overrides=["benchmark=nyud", "aggregator=grid_search"])
         pascal = compose("supervised", overrides=["benchmark=pascal_context", "aggregator=grid_search_reference"])

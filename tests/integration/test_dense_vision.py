@@ -376,6 +376,8 @@ def test_a_killed_run_resumes_with_its_last_epochs(data, tmp_path):
 
 def test_presets_compose_with_the_papers_protocol():
     from hydra import compose, initialize_config_dir
+
+    import mtrl.launch  # noqa: F401  (registers the aggregator configs)
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         nyu = compose("supervised", overrides=["benchmark=nyuv2"])
         cs = compose("supervised", overrides=["benchmark=cityscapes"])
