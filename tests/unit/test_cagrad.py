@@ -9,6 +9,7 @@ from scipy.optimize import minimize
 
 import aggregators
 from helpers import ill_conditioned_grads
+from properties import assert_homogeneous
 
 
 def dual_objective(M, w, c):
@@ -105,9 +106,7 @@ def test_two_tasks_closed_form():
 
 def test_scaling():
     G = ill_conditioned_grads(5, 12, seed=8)
-    d1 = aggregators.make("cagrad", 5)(G)
-    for s in (1e-5, 7.0, 1e4):
-        assert torch.allclose(aggregators.make("cagrad", 5)(s * G), s * d1, rtol=1e-9, atol=0)
+    assert_homogeneous(lambda: aggregators.make("cagrad", 5), G, 1.0, factors=(1e-5, 7.0, 1e4), rtol=1e-9, atol=0)
 
 
 def test_zero_mean_gradient_and_large_c():

@@ -8,6 +8,7 @@ from scipy.optimize import minimize
 import aggregators
 from aggregators import solvers
 from helpers import degenerate_cases, ill_conditioned_grads, no_host_reads
+from properties import assert_homogeneous
 
 
 def kkt_violation(G, w):
@@ -95,10 +96,7 @@ def test_pareto_stationary_gives_zero():
 
 def test_scaling():
     G = ill_conditioned_grads(6, 30, seed=5)
-    d1 = aggregators.make("mgda", 6)(G)
-    for c in (1e-6, 3.0, 1e5):
-        d2 = aggregators.make("mgda", 6)(c * G)
-        assert torch.allclose(d2, c * d1, rtol=1e-9, atol=0)
+    assert_homogeneous(lambda: aggregators.make("mgda", 6), G, 1.0, factors=(1e-6, 3.0, 1e5), rtol=1e-9, atol=0)
 
 
 def test_no_worse_than_slsqp():

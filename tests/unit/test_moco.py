@@ -8,6 +8,7 @@ import torch
 import aggregators
 from aggregators.moco import project_to_simplex
 from helpers import ill_conditioned_grads
+from properties import assert_permutation_invariant, assert_structure
 
 F64 = torch.float64
 
@@ -146,8 +147,7 @@ def test_moco_float32_and_degenerate_inputs():
               torch.stack([1e-5 * g[0], g[0], -g[0]])):
         agg = aggregators.make("moco", k)
         for _ in range(3):
-            d = agg(G, losses)
-            assert d.dtype == torch.float32 and torch.isfinite(d).all()
+            assert_structure(agg, G, losses)
             assert torch.isfinite(agg.lambdas).all()
     d = aggregators.make("moco", k)(g, torch.zeros(k))  # zero losses: G_hat = 0
     assert (d == 0).all()
@@ -180,8 +180,7 @@ def test_moco_permutation_equivariance():
     perm = torch.tensor([2, 4, 0, 1, 3])
     a1, a2 = aggregators.make("moco", k), aggregators.make("moco", k)
     for _ in range(3):
-        d1, d2 = a1(G, losses), a2(G[perm], losses[perm])
-        assert torch.allclose(d1, d2, rtol=1e-12)
+        assert_permutation_invariant(a1, a2, G, losses, perm, rtol=1e-12, atol=1e-14)
         assert torch.allclose(a1.lambdas[perm], a2.lambdas, rtol=1e-12)
 
 

@@ -10,6 +10,7 @@ from scipy.optimize import nnls
 import aggregators
 from aggregators.qp import linear_plus_norm_weights, min_norm_weights, nnls_gram
 from helpers import ill_conditioned_grads
+from properties import assert_homogeneous, assert_permutation_invariant, assert_weighted
 
 METHODS = ["mgda", "cagrad", "imtl_g", "aligned_mtl", "upgrad"]
 
@@ -83,10 +84,8 @@ def test_permutation_equivariance(name):
     G = ill_conditioned_grads(k, 9, seed=2)
     G[1] = -0.5 * G[0] + 0.1 * G[1]  # a conflict, so that UPGrad projects
     perm = torch.tensor([3, 0, 5, 1, 4, 2])
-    a1, a2 = aggregators.make(name, k), aggregators.make(name, k)
-    d1, d2 = a1(G), a2(G[perm])
-    assert torch.allclose(d1, d2, rtol=1e-8, atol=1e-12 * float(G.norm()))
-    assert torch.allclose(a1.weights[perm], a2.weights, rtol=1e-7, atol=1e-12 * float(a1.weights.abs().max()))
+    assert_permutation_invariant(aggregators.make(name, k), aggregators.make(name, k), G, perm=perm,
+                                 check_weights=True, rtol=1e-8, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -112,11 +111,8 @@ def test_degenerate_inputs_give_finite_directions(name, k):
         "tiny": 1e-150 * g,
         "huge": 1e150 * g,
     }
-    for case, G in cases.items():
-        agg = aggregators.make(name, k)
-        d = agg(G)
-        assert torch.isfinite(d).all(), case
-        assert torch.isfinite(agg.weights).all(), case
+    for G in cases.values():
+        assert_weighted(aggregators.make(name, k), G)
     d = aggregators.make(name, k)(cases["all_zero"])
     assert (d == 0).all()
 
@@ -125,9 +121,7 @@ def test_degenerate_inputs_give_finite_directions(name, k):
 def test_global_scaling(name):
     """Every one of these directions is positively homogeneous: G -> s G gives d -> s d."""
     G = ill_conditioned_grads(5, 12, seed=4)
-    d1 = aggregators.make(name, 5)(G)
-    for s in (1e-7, 1e6):
-        assert torch.allclose(aggregators.make(name, 5)(s * G), s * d1, rtol=1e-8, atol=0)
+    assert_homogeneous(lambda: aggregators.make(name, 5), G, 1.0, factors=(1e-7, 1e6), rtol=1e-8, atol=0)
 
 
 @pytest.mark.parametrize("name", METHODS)

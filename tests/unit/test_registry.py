@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from properties import assert_structure
 
 import aggregators
 
@@ -25,16 +26,6 @@ def test_wrong_task_count_and_non_finite_input(name):
     bad[1, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         agg(bad, torch.rand(3))
-
-
-@pytest.mark.parametrize("name", aggregators.available())
-def test_every_method_returns_a_direction(name):
-    torch.manual_seed(0)
-    k, n = 4, 30
-    agg = aggregators.make(name, k)
-    G = torch.randn(k, n)
-    d = agg(G, torch.rand(k) + 0.1)
-    assert d.shape == (n,) and torch.isfinite(d).all()
 
 
 def test_presets_are_valid_hyperparameters():
@@ -108,8 +99,7 @@ def test_every_method_is_finite_on_degenerate_inputs(name):
     for case, G in degenerate_cases().items():
         agg = aggregators.make(name, 3)
         for _ in range(2):  # also once the stateful methods have state
-            d = agg(G, torch.tensor([0.5, 1.0, 2.0], dtype=G.dtype))
-            assert torch.isfinite(d).all(), case
+            assert_structure(agg, G, torch.tensor([0.5, 1.0, 2.0], dtype=G.dtype))
             assert agg.weights is None or torch.isfinite(agg.weights).all(), case
 
 
@@ -119,8 +109,7 @@ def test_every_method_handles_fifty_tasks(name):
 
     k = 50
     G = ill_conditioned_grads(k, 200, seed=1)
-    d = aggregators.make(name, k)(G, torch.rand(k, dtype=G.dtype) + 0.1)
-    assert d.shape == (200,) and torch.isfinite(d).all()
+    assert_structure(aggregators.make(name, k), G, torch.rand(k, dtype=G.dtype) + 0.1)
 
 
 @pytest.mark.parametrize("name", aggregators.available())
@@ -130,5 +119,4 @@ def test_rank_one_float32_gradients(name):
     for seed in range(5):
         g = torch.Generator().manual_seed(seed)
         G = torch.randn(10, 1, generator=g)
-        d = aggregators.make(name, 10)(G, torch.rand(10, generator=g) + 0.1)
-        assert torch.isfinite(d).all(), seed
+        assert_structure(aggregators.make(name, 10), G, torch.rand(10, generator=g) + 0.1)
