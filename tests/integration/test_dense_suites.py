@@ -177,7 +177,7 @@ def test_missing_weights_are_a_clear_error(data, tmp_path):
     with pytest.raises(ConfigError, match="model.weights"):
         SupervisedTrainer(cfg, tmp_path / "run")
     cfg = config(data, "nyud", "ls", model={"name": "nope"})
-    with pytest.raises(ConfigError, match="unknown dense model 'nope'"):
+    with pytest.raises(ConfigError, match="unknown model 'nope'; valid: .*pspnet, resnet18_aspp, segnet_mtan"):
         SupervisedTrainer(cfg, tmp_path / "run2")
 
 
