@@ -77,7 +77,9 @@ def aggregator_choices() -> list[str]:
     """Every ``aggregator=`` choice: the registry's names and the named settings' YAMLs."""
     import aggregators
 
-    files = {p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "aggregator").glob("*.yaml")}
+    from .components import CONFIGS
+
+    files = {p.stem for p in (CONFIGS / "aggregator").glob("*.yaml")}
     return sorted(set(aggregators.available()) | files)
 
 

@@ -5,7 +5,6 @@ it; bad sections are one ConfigError line naming the fix; every agent config nam
 from pathlib import Path
 
 import pytest
-import yaml
 from helpers import ROOT
 
 from agents import Agent, MultiTaskSAC
@@ -45,9 +44,6 @@ def test_unknown_option_lists_the_valid_ones():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "agent").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_agent_config_resolves_to_an_agent(path: Path):
-    section = yaml.safe_load(path.read_text())
-    while "_target_" not in section:   # a variant: its first default is the config it extends
-        base = section.pop("defaults")[0]
-        section = {**yaml.safe_load((path.parent / f"{base}.yaml").read_text()), **section}
+    section = components.group_option("agent", path.stem)   # a variant over the config it extends
     assert issubclass(components.target_of(section, "agent", Agent), Agent)
     assert section["kind"] == path.stem
