@@ -73,6 +73,21 @@ def register_aggregator_configs() -> None:
         store.store(group="aggregator", name=name, node={"name": name, **defaults})
 
 
+def compose(config_name: str, overrides: list[str]) -> dict:
+    """The config ``config_name`` composed with ``overrides`` outside ``@hydra.main`` (a
+    benchmark script, a notebook), unresolved and without its ``hydra`` section; the
+    registry's aggregator configs are in the store (importing this module put them there)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from .components import CONFIGS
+
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = OmegaConf.to_container(hydra_compose(config_name, overrides=overrides), resolve=False)
+    cfg.pop("hydra", None)
+    return cfg
+
+
 def aggregator_choices() -> list[str]:
     """Every ``aggregator=`` choice: the registry's names and the named settings' YAMLs."""
     import aggregators

@@ -79,6 +79,11 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     atomic_write(path, write)
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """:func:`atomic_write` of a text (a Markdown table, a CSV file)."""
+    atomic_write(path, lambda f: f.write(text))
+
+
 def remove_temp_files(run_dir: str | os.PathLike) -> list[Path]:
     """Delete the temporary files that killed atomic writes left in ``run_dir`` and its
     ``checkpoints/`` (call it only while holding the run's lock); returns them."""

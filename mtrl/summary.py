@@ -1,8 +1,10 @@
-"""Summaries of training runs over seeds: tables, learning curves and run-health problems.
+"""Run discovery, loading and grouping of training runs over seeds, shared by the RL
+summary and the supervised tables (``mtrl.supervised.tables``).
 
 Reads only each run directory's saved config (``config.json``, or Hydra's
 ``.hydra/config.yaml``) and ``metrics.jsonl`` (one JSON object per evaluation, see
-``mtrl.metrics_log``), so it works on runs copied from other machines.
+``mtrl.metrics_log``), so it works on runs copied from other machines.  The numbers come
+from :mod:`mtrl.statistics`; the files are written by :mod:`mtrl.rendering`.
 
 * ``load_runs(paths)`` finds run directories (directories, parents searched recursively,
   glob patterns) and loads them; every run that cannot be used, or is unfinished or
@@ -10,16 +12,16 @@ Reads only each run directory's saved config (``config.json``, or Hydra's
 * ``summarize(runs)`` pools runs over seeds: runs whose configs are equal apart from the
   seed, the device and bookkeeping intervals form one group.  Per group: mean ± s.e.m.
   of each run's best evaluation mean success over training (the metric of the published
-  MT10 tables) and of its final evaluation, and the interquartile mean (IQM) of the
+  MT10 tables) and of its final evaluation, the interquartile mean (IQM) of the
   (runs x tasks) final per-task success with a 95% stratified bootstrap interval over
-  runs (Agarwal et al. 2021, "Deep RL at the edge of the statistical precipice").
-* ``write_outputs(groups, problems, out_dir)`` writes ``summary.md``, ``summary.csv``,
-  ``per_task.csv`` and ``learning_curves.png``.
+  runs, and the performance profile of that success (Agarwal et al. 2021, "Deep RL at the
+  edge of the statistical precipice").
+* ``improvements(groups, baseline)`` gives each group's probability of improvement over
+  the baseline group of the same experiment (env, protocol, steps and tasks).
 """
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import math
@@ -28,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from .run_files import read_config, read_status
 from .run_identity import META_KEY, RL_KEYS, KeyPolicy
+from .statistics import (column_sem, iqm, performance_profile, probability_of_improvement, sem,
+                         stratified_bootstrap_iqm, t_halfwidth)
 
 RUN_MARKERS = ("config.json", os.path.join(".hydra", "config.yaml"), "metrics.jsonl")
 
@@ -47,8 +50,10 @@ def seed_pooled_keys(policy: KeyPolicy, length_key: str) -> frozenset[str]:
 IGNORED_KEYS = seed_pooled_keys(RL_KEYS, "train.steps")
 LABEL_KEYS = ("env.name", "env.protocol", "agent.kind", "aggregator.name", "train.steps")
 RECORD_KEYS = {"step": int, "tasks": list, "success": list, "mean_success": (int, float)}
-SUMMARY_COLUMNS = ("env", "protocol", "agent", "aggregator", "steps", "variant", "seeds", "best_mean", "best_sem",
-                   "final_mean", "final_sem", "iqm", "iqm_low", "iqm_high", "unfinished_included", "flag")
+#: the success thresholds of the performance profiles
+PROFILE_TAUS = np.linspace(0.0, 1.0, 21)
+#: the aggregator of the default baseline of :func:`improvements` (linear scalarisation)
+DEFAULT_BASELINE = "ls"
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,9 @@ class GroupSummary:
 
     ``best``/``final``: per run, the highest and the last evaluation mean success;
     ``task_scores``: (runs x tasks) final per-task success; ``curve_*``: mean success over
-    the evaluation steps all runs share, with the 95% t-interval half-width over seeds.
+    the evaluation steps all runs share, with the 95% t-interval half-width over seeds;
+    ``profile*``: the fraction of ``task_scores`` above each of ``profile_taus``, with its
+    95% stratified bootstrap interval.
     """
     env: str
     protocol: str
@@ -117,6 +124,10 @@ class GroupSummary:
     curve_mean: np.ndarray
     curve_halfwidth: np.ndarray
     unfinished: int
+    profile_taus: np.ndarray
+    profile: np.ndarray
+    profile_low: np.ndarray
+    profile_high: np.ndarray
     flag: str = ""
 
     @property
@@ -156,60 +167,21 @@ class GroupSummary:
         base = f"{self.env}/{self.protocol}/{self.agent}/{self.aggregator}/{self.steps}"
         return f"{base} [{self.variant}]" if self.variant else base
 
-
-# ---------------------------------------------------------------------------- statistics
-
-def sem(x) -> float:
-    """Standard error of the mean: sample standard deviation (ddof = 1) / sqrt(n); NaN
-    for fewer than two values."""
-    x = np.asarray(x, dtype=float)
-    return float(np.std(x, ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
+    @property
+    def experiment(self) -> tuple:
+        """What groups must share to be compared: env, protocol, steps and task list."""
+        return (self.env, self.protocol, self.steps, self.tasks)
 
 
-def column_sem(matrix) -> np.ndarray:
-    """:func:`sem` of every column of a (runs x values) matrix."""
-    return np.array([sem(col) for col in np.asarray(matrix, dtype=float).T])
-
-
-def iqm(x, axis=None):
-    """Interquartile mean: the mean of the middle 50% of the values (25% trimmed from
-    each end), ``scipy.stats.trim_mean(x, 0.25)``."""
-    return stats.trim_mean(np.asarray(x, dtype=float), 0.25, axis=axis)
-
-
-def _pooled_iqm(*columns, axis=-1):
-    return iqm(np.concatenate(columns, axis=axis), axis=axis)
-
-
-def stratified_bootstrap_iqm(scores, confidence: float = 0.95, n_resamples: int = 2000,
-                             seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the IQM of a (runs x tasks) score matrix,
-    stratified by task: each task's column of run scores is resampled (with replacement,
-    over runs) independently, and the IQM is taken over the pooled resampled matrix.
-    Runs (seeds) are the resampled unit, never episodes or evaluation steps.  With one run
-    the interval collapses to the point estimate."""
-    scores = np.asarray(scores, dtype=float)
-    if scores.ndim != 2 or scores.size == 0:
-        raise ValueError(f"scores must be a non-empty (runs x tasks) matrix, got shape {scores.shape}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if scores.shape[0] == 1:
-        point = float(iqm(scores))
-        return point, point
-    res = stats.bootstrap(tuple(scores.T), _pooled_iqm, n_resamples=n_resamples, vectorized=True, paired=False,
-                          axis=-1, confidence_level=confidence, method="percentile",
-                          random_state=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def t_halfwidth(values, confidence: float = 0.95, axis: int = 0) -> np.ndarray:
-    """Half-width of the Student-t interval of the mean over ``axis``:
-    t_{(1+c)/2, n-1} * s.e.m.; NaN with one value."""
-    values = np.asarray(values, dtype=float)
-    n = values.shape[axis]
-    if n < 2:
-        return np.full(np.delete(values.shape, axis), math.nan)
-    return stats.t.ppf((1 + confidence) / 2, n - 1) * np.std(values, axis=axis, ddof=1) / math.sqrt(n)
+@dataclass
+class Improvement:
+    """The probability that ``group`` improves on ``baseline`` (same experiment), with its
+    95% stratified bootstrap interval."""
+    group: GroupSummary
+    baseline: GroupSummary
+    probability: float
+    low: float
+    high: float
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -439,12 +411,14 @@ def seed_order(seed) -> tuple:
     return (0, seed, "") if isinstance(seed, int) else (1, 0, str(seed))
 
 
-def _summarize_group(runs: list[Run], variant: str, n_resamples: int, seed: int) -> GroupSummary:
+def _summarize_group(runs: list[Run], variant: str, n_resamples: int, seed: int, taus) -> GroupSummary:
     runs = sorted(runs, key=lambda r: (seed_order(r.config.get("seed")), str(r.path)))
     best = np.array([max(e["mean_success"] for e in r.evaluations) for r in runs], dtype=float)
     final = np.array([r.evaluations[-1]["mean_success"] for r in runs], dtype=float)
     scores = np.array([r.evaluations[-1]["success"] for r in runs], dtype=float)
     low, high = stratified_bootstrap_iqm(scores, n_resamples=n_resamples, seed=seed)
+    taus = np.asarray(taus, dtype=float)
+    profile, profile_low, profile_high = performance_profile(scores, taus, n_resamples=n_resamples, seed=seed)
     shared = sorted(set.intersection(*({e["step"] for e in r.evaluations} for r in runs)))
     by_step = [{e["step"]: e["mean_success"] for e in r.evaluations} for r in runs]
     curves = np.array([[d[s] for s in shared] for d in by_step], dtype=float).reshape(len(runs), len(shared))
@@ -456,12 +430,12 @@ def _summarize_group(runs: list[Run], variant: str, n_resamples: int, seed: int)
         aggregator=str(flat["aggregator.name"]), steps=int(flat["train.steps"]), variant=variant, runs=runs,
         seeds=seeds, tasks=runs[0].tasks, best=best, final=final, task_scores=scores, iqm=float(iqm(scores)),
         iqm_low=low, iqm_high=high, curve_steps=np.array(shared), curve_mean=curves.mean(axis=0),
-        curve_halfwidth=t_halfwidth(curves), unfinished=unfinished,
-        flag=_flag(best, seeds, unfinished, sum(bool(r.issues) for r in runs)))
+        curve_halfwidth=t_halfwidth(curves), unfinished=unfinished, profile_taus=taus, profile=profile,
+        profile_low=profile_low, profile_high=profile_high, flag=_flag(best, seeds, unfinished, sum(bool(r.issues) for r in runs)))
 
 
 def summarize(runs: list[Run], include_unfinished: bool = False, n_resamples: int = 2000,
-              seed: int = 0) -> list[GroupSummary]:
+              seed: int = 0, taus=PROFILE_TAUS) -> list[GroupSummary]:
     """Pool runs over seeds and summarise each group (see the module docstring).
 
     Runs are grouped by their config with ``IGNORED_KEYS`` removed (and their task list),
@@ -481,128 +455,34 @@ def summarize(runs: list[Run], include_unfinished: bool = False, n_resamples: in
     for keys in by_label.values():
         names = variant_labels(keys) if len(keys) > 1 else [""]
         variant.update(zip(keys, names))
-    out = [_summarize_group(groups[k], variant[k], n_resamples, seed) for k in groups]
+    out = [_summarize_group(groups[k], variant[k], n_resamples, seed, taus) for k in groups]
     return sorted(out, key=lambda g: (g.label_fields, g.variant))
 
 
-# ------------------------------------------------------------------------------- outputs
-
-def _fmt(x: float, digits: int = 3, sign: str = "") -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:{sign}.{digits}f}"
-
-
-def pm(mean: float, err: float, digits: int = 3, sign: str = "", missing_err: str | None = "n/a") -> str:
-    """``mean ± err`` to ``digits`` decimals (``sign="+"``: signed); a missing (non-finite)
-    error prints as ``missing_err``, or is left out where that is None."""
-    if err is None or not math.isfinite(err):
-        return _fmt(mean, digits, sign) if missing_err is None else f"{_fmt(mean, digits, sign)} ± {missing_err}"
-    return f"{_fmt(mean, digits, sign)} ± {_fmt(err, digits)}"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def group_table_markdown(groups: list[GroupSummary]) -> str:
-    """The main table: one row per group, with its protocol, seeds and statistics."""
-    with_variant = any(g.variant for g in groups)
-    header = ["env", "protocol", "agent", "aggregator", "steps"] + (["variant"] if with_variant else []) + [
-        "seeds", "best success (mean ± s.e.m.)", "final success (mean ± s.e.m.)", "IQM [95% CI]", "flag"]
-    rows = []
+def baselines(groups: list[GroupSummary], baseline: str = DEFAULT_BASELINE) -> dict[tuple, GroupSummary]:
+    """The baseline group of each experiment (:attr:`GroupSummary.experiment`): the first
+    (in ``groups``' order) whose aggregator or full name is ``baseline``, else the
+    experiment's first group."""
+    chosen: dict[tuple, GroupSummary] = {}
     for g in groups:
-        rows.append([g.env, g.protocol, g.agent, g.aggregator, str(g.steps)] + ([g.variant] if with_variant else []) + [
-            str(g.n), pm(g.best_mean, g.best_sem), pm(g.final_mean, g.final_sem),
-            f"{_fmt(g.iqm)} [{_fmt(g.iqm_low)}, {_fmt(g.iqm_high)}]", g.flag])
-    return markdown_table(header, rows)
+        current = chosen.get(g.experiment)
+        if current is None or (baseline not in (current.aggregator, current.name)
+                               and baseline in (g.aggregator, g.name)):
+            chosen[g.experiment] = g
+    return chosen
 
 
-def per_task_markdown(groups: list[GroupSummary]) -> str:
-    """Final per-task success (mean ± s.e.m. over seeds): one table per task set, one row
-    per group."""
-    by_tasks: dict[tuple, list[GroupSummary]] = {}
+def improvements(groups: list[GroupSummary], baseline: str = DEFAULT_BASELINE, n_resamples: int = 2000,
+                 seed: int = 0) -> list[Improvement]:
+    """The probability of improvement of every group over its experiment's baseline (see
+    :func:`baselines`), from their (runs x tasks) final per-task success, in ``groups``'
+    order; the baselines themselves and experiments of one group are left out."""
+    chosen = baselines(groups, baseline)
+    out = []
     for g in groups:
-        by_tasks.setdefault(g.tasks, []).append(g)
-    parts = []
-    for tasks, gs in by_tasks.items():
-        rows = [[g.name, str(g.n)] + [pm(m, s) for m, s in zip(g.task_mean, g.task_sem)] for g in gs]
-        parts.append(markdown_table(["group", "seeds"] + list(tasks), rows))
-    return "\n\n".join(parts)
-
-
-def problems_markdown(problems: list[Problem]) -> str:
-    return "\n".join(f"- {p}" for p in problems) if problems else "none"
-
-
-def summary_markdown(groups: list[GroupSummary], problems: list[Problem]) -> str:
-    """The whole ``summary.md``."""
-    flagged = [g for g in groups if g.flag]
-    return "\n\n".join([
-        "# Summary over seeds",
-        "Best: each run's highest evaluation mean success over training; final: its last "
-        "evaluation. Mean ± s.e.m. over seeds (s.e.m. n/a with one seed). IQM: interquartile "
-        "mean of the (runs x tasks) final per-task success, 95% stratified bootstrap "
-        "interval over runs.",
-        group_table_markdown(groups),
-        "## Final success per task",
-        per_task_markdown(groups),
-        "## Flags",
-        "\n".join(f"- {g.name}: {g.flag}" for g in flagged) if flagged else "none",
-        "## Problems",
-        "Unfinished runs are left out of the statistics unless `--include-unfinished` is given.\n\n"
-        + problems_markdown(problems),
-    ]) + "\n"
-
-
-def _csv_value(x):
-    return repr(float(x)) if isinstance(x, (float, np.floating)) else x
-
-
-def write_csv(path: Path, header, rows) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows([[_csv_value(v) for v in row] for row in rows])
-
-
-def plot_learning_curves(groups: list[GroupSummary], path) -> None:
-    """Mean success vs steps, one line per group (labelled with its protocol), shaded with
-    the 95% t-interval over seeds at the evaluation steps all its runs share."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for g in groups:
-        (line,) = ax.plot(g.curve_steps, g.curve_mean, label=f"{g.name} (n={g.n})")
-        if g.n > 1:
-            ax.fill_between(g.curve_steps, g.curve_mean - g.curve_halfwidth, g.curve_mean + g.curve_halfwidth,
-                            color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("mean success")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Evaluation mean success (mean over seeds, 95% t-interval)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_outputs(groups: list[GroupSummary], problems: list[Problem], out_dir) -> dict[str, Path]:
-    """Write summary.md, summary.csv, per_task.csv and learning_curves.png to ``out_dir``
-    (created if needed); returns their paths by name."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / name for name in ("summary.md", "summary.csv", "per_task.csv", "learning_curves.png")}
-    paths["summary.md"].write_text(summary_markdown(groups, problems))
-    write_csv(paths["summary.csv"], SUMMARY_COLUMNS, [
-        [g.env, g.protocol, g.agent, g.aggregator, g.steps, g.variant, g.n, g.best_mean, g.best_sem, g.final_mean,
-         g.final_sem, g.iqm, g.iqm_low, g.iqm_high, g.unfinished, g.flag] for g in groups])
-    write_csv(paths["per_task.csv"],
-               ("env", "protocol", "agent", "aggregator", "steps", "variant", "task", "seeds", "mean", "sem"),
-               [[*g.label_fields, g.variant, t, g.n, m, s]
-                for g in groups for t, m, s in zip(g.tasks, g.task_mean, g.task_sem)])
-    plot_learning_curves(groups, paths["learning_curves.png"])
-    return paths
+        base = chosen[g.experiment]
+        if g is not base:
+            p, low, high = probability_of_improvement(g.task_scores, base.task_scores, n_resamples=n_resamples,
+                                                      seed=seed)
+            out.append(Improvement(g, base, p, low, high))
+    return out

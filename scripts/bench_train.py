@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import envs  # noqa: E402
+from mtrl import launch  # noqa: E402
 from mtrl.compiled_update import MODES as COMPILE_MODES  # noqa: E402
 from mtrl.trainer import Trainer, build_env, uniform_actions, vector_strategy  # noqa: E402
 
@@ -55,14 +56,7 @@ PROTOCOL_STEPS = 2_000_000
 
 
 def compose(experiment: str, overrides: list[str]) -> dict:
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=[f"experiment={experiment}", *overrides])
-    cfg = OmegaConf.to_container(cfg, resolve=False)
-    cfg.pop("hydra", None)
-    return cfg
+    return launch.compose("train", [f"experiment={experiment}", *overrides])
 
 
 class Timed:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mtrl.summary import problems_markdown  # noqa: E402
+from mtrl.rendering import problems_markdown  # noqa: E402
 from mtrl.supervised.tables import load_runs, summarize_runs, table_markdown, write_tables  # noqa: E402
 
 

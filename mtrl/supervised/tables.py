@@ -23,6 +23,9 @@ logging intervals (``IGNORED_KEYS``) are seeds of one method (a row).  Per row:
 
 One table per benchmark (and per metric set, should runs of one benchmark report different
 targets): ``<benchmark>_table.md`` and ``<benchmark>_table.csv``.
+
+Run discovery and seed pooling are the RL summary's (:mod:`mtrl.summary`), the s.e.m. is
+:func:`mtrl.statistics.sem` and the Markdown/CSV helpers are :mod:`mtrl.rendering`'s.
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics as mtl_metrics
-from ..run_files import read_config, read_status
-from ..summary import (Problem, collect_runs, column_sem, config_key, markdown_table, pm, problems_markdown, seed_order,
-                       seed_pooled_keys, sem, variant_labels, write_csv)
+from ..rendering import markdown_table, pm, problems_markdown, write_csv
+from ..run_files import read_config, read_status, write_text_atomic
 from ..run_identity import SUPERVISED_KEYS
+from ..statistics import column_sem, sem
+from ..summary import Problem, collect_runs, config_key, seed_order, seed_pooled_keys, variant_labels
 from .benchmarks.base import Metric
 from .registry import benchmark_metrics
 
@@ -452,7 +456,7 @@ def write_tables(tables: list[Table], problems: list[Problem], out_dir) -> list[
     paths = []
     for table in tables:
         md, csv = out / f"{table.stem}_table.md", out / f"{table.stem}_table.csv"
-        md.write_text(document_markdown(table, problems))
+        write_text_atomic(md, document_markdown(table, problems))
         write_csv(csv, csv_columns(table), csv_rows(table))
         paths += [md, csv]
     return paths

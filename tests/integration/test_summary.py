@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from mtrl.summary import iqm, load_runs, stratified_bootstrap_iqm, summarize, write_outputs
+from mtrl.rendering import write_outputs
+from mtrl.statistics import iqm, stratified_bootstrap_iqm
+from mtrl.summary import improvements, load_runs, summarize
 from helpers import load_script
 
 TASKS = ["reach", "push"]
@@ -95,7 +97,7 @@ def test_iqm_and_one_seed():
 
 def test_single_seed_sem_is_nan_and_printed_na(tmp_path):
     make_run(tmp_path / "r", HAND_RUNS[0])
-    (g,) = summarize(load_runs([tmp_path])[0])
+    (g,) = summarize(load_runs([tmp_path])[0], n_resamples=200)
     assert g.n == 1 and math.isnan(g.best_sem) and math.isnan(g.final_sem)
     assert g.iqm_low == g.iqm_high == g.iqm
     paths = write_outputs([g], [], tmp_path / "out")
@@ -127,10 +129,14 @@ def test_bootstrap_interval_covers_the_true_iqm_at_about_its_nominal_rate():
     truth = _population_iqm()
     rng = np.random.default_rng(0)
     assert iqm(np.concatenate([rng.beta(a, b, 500_000) for a, b in BETAS])) == pytest.approx(truth, abs=2e-3)
-    trials, hits, widths = 400, 0, []
+    # 150 trials of 300 resamples (was 400 of 1000 with scipy.stats.bootstrap): rliable's
+    # stratified bootstrap (arch underneath) resamples in a Python loop, ~0.1 ms a resample,
+    # so the old sizes took 30 s instead of 1 s.  Seeded, so the rate is fixed: 0.93 here
+    # (binomial s.d. about 0.02 at 150 trials), inside the same bounds as before.
+    trials, hits, widths = 150, 0, []
     for i in range(trials):
         scores = np.stack([rng.beta(a, b, 10) for a, b in BETAS], axis=1)  # 10 runs x 5 tasks
-        lo, hi = stratified_bootstrap_iqm(scores, n_resamples=1000, seed=i)
+        lo, hi = stratified_bootstrap_iqm(scores, n_resamples=300, seed=i)
         hits += lo <= truth <= hi
         widths.append(hi - lo)
     assert 0.88 <= hits / trials <= 0.99
@@ -146,7 +152,7 @@ def test_groups_split_by_protocol_and_hyperparameter_pooled_over_seeds(tmp_path)
     make_run(tmp_path / "paper" / "seed2", succ, seed=2,
              config={"device": "cuda", "train.checkpoint_every": 7, "train.log_every": 3})
     make_run(tmp_path / "lr" / "seed0", succ, seed=0, config={"aggregator.lr": 0.01})
-    groups = summarize(load_runs([tmp_path])[0])
+    groups = summarize(load_runs([tmp_path])[0], n_resamples=200)
     got = {(g.protocol, g.variant): g.seeds for g in groups}
     assert got == {("metaworld3", ""): [0, 1], ("paper", "aggregator.lr=0.001"): [0, 1, 2],
                    ("paper", "aggregator.lr=0.01"): [0]}
@@ -163,6 +169,55 @@ def test_groups_split_by_protocol_and_hyperparameter_pooled_over_seeds(tmp_path)
     assert png.startswith(b"\x89PNG") and len(png) > 1000
     md = paths["summary.md"].read_text()
     assert "| protocol |" in md and "metaworld3" in md and "push" in md
+
+
+def _three_methods(root):
+    """ls and nash_mtl with equal final success, pivrg above both on every task and seed,
+    and a metaworld3 group (another experiment, compared with nothing)."""
+    for seed in (0, 1):
+        low = [[0, 0], [0.1, 0.1], [0.2, 0.1 * seed]]
+        make_run(root / "ls" / f"seed{seed}", low, seed=seed, config={"aggregator.name": "ls"})
+        make_run(root / "nash" / f"seed{seed}", low, seed=seed, config={"aggregator.name": "nash_mtl"})
+        make_run(root / "pivrg" / f"seed{seed}", [[0, 0], [0.5, 0.5], [0.8, 0.6 + 0.1 * seed]], seed=seed)
+        make_run(root / "mw3" / f"seed{seed}", low, seed=seed, config={"env.protocol": "metaworld3"})
+    return summarize(load_runs([root])[0], n_resamples=200)
+
+
+def test_probability_of_improvement_over_the_baseline_of_each_experiment(tmp_path):
+    groups = _three_methods(tmp_path)
+    got = {(i.group.aggregator, i.baseline.aggregator): (i.probability, i.low, i.high)
+           for i in improvements(groups, n_resamples=200)}
+    # the default baseline is ls; the metaworld3 group has nothing to be compared with
+    assert set(got) == {("nash_mtl", "ls"), ("pivrg", "ls")}
+    assert got["nash_mtl", "ls"][0] == 0.5               # identical final success
+    assert got["pivrg", "ls"] == (1.0, 1.0, 1.0)          # every pivrg run above every ls run
+    got = {i.group.aggregator: i.probability for i in improvements(groups, baseline="pivrg", n_resamples=200)}
+    assert got == {"ls": 0.0, "nash_mtl": 0.0}
+    # no group named like the baseline: the experiment's first group (sorted by label) is
+    first = {i.baseline.aggregator for i in improvements(groups, baseline="absent", n_resamples=200)}
+    assert first == {"ls"}
+
+
+def test_performance_profiles_and_their_files(tmp_path):
+    groups = _three_methods(tmp_path)
+    ls = next(g for g in groups if g.aggregator == "ls" and g.protocol == "paper")
+    # final success of ls: 0.2, 0.0 (seed 0) and 0.2, 0.1 (seed 1)
+    at = dict(zip(np.round(ls.profile_taus, 2), ls.profile))
+    assert (at[0.0], at[0.05], at[0.1], at[0.2]) == (0.75, 0.75, 0.5, 0.0)
+    assert np.all(ls.profile_low <= ls.profile) and np.all(ls.profile <= ls.profile_high)
+    paths = write_outputs(groups, [], tmp_path / "out", improvements(groups, n_resamples=200))
+    with open(paths["performance_profile.csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(groups) * len(ls.profile_taus)
+    assert {"aggregator", "protocol", "tau", "fraction", "low", "high"} <= set(rows[0])
+    with open(paths["improvement.csv"]) as f:
+        rows = {r["aggregator"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"nash_mtl", "pivrg"} and rows["pivrg"]["baseline_aggregator"] == "ls"
+    assert float(rows["pivrg"]["probability"]) == 1.0
+    png = paths["performance_profile.png"].read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
+    md = paths["summary.md"].read_text()
+    assert "## Probability of improvement over the baseline" in md and "1.000 [1.000, 1.000]" in md
 
 
 def test_malformed_line_names_file_and_line(tmp_path):
@@ -203,9 +258,9 @@ def test_truncated_unfinished_and_missing_runs_are_reported(tmp_path):
     assert sorted(r.path.name for r in runs) == ["done", "short", "torn"]
     assert len(next(r for r in runs if r.path == torn).evaluations) == 2
 
-    (g,) = summarize(runs)
+    (g,) = summarize(runs, n_resamples=200)
     assert g.seeds == [0] and g.unfinished == 0
-    (g,) = summarize(runs, include_unfinished=True)
+    (g,) = summarize(runs, include_unfinished=True, n_resamples=200)
     assert g.seeds == [0, 1, 2] and g.unfinished == 2 and "2 unfinished" in g.flag
     assert g.final_mean == pytest.approx(np.mean([0.1, 0.4, 0.9]))  # the unfinished runs' latest evaluations
     np.testing.assert_array_equal(g.curve_steps, [100, 200])  # only the steps every run reached
@@ -220,7 +275,7 @@ def test_seed_disagreement_flag(tmp_path):
     for seed, best in enumerate([0.2, 0.3, 0.6]):
         make_run(tmp_path / "ok" / f"seed{seed}", [[0, 0], [best, best], [best, best]], seed=seed,
                  config={"aggregator.name": "nash_mtl"})
-    flags = {g.aggregator: g.flag for g in summarize(load_runs([tmp_path])[0])}
+    flags = {g.aggregator: g.flag for g in summarize(load_runs([tmp_path])[0], n_resamples=200)}
     assert flags == {"pivrg": "1/3 seeds never succeeded", "ls": "", "nash_mtl": ""}
 
 
@@ -252,7 +307,20 @@ def test_cli_writes_outputs_and_reports_problems(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| protocol |" in printed and "0.500 ± 0.208" in printed
     assert "unfinished (step 100 of 300)" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["learning_curves.png", "per_task.csv", "summary.csv", "summary.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["improvement.csv", "learning_curves.png", "per_task.csv",
+                                                     "performance_profile.csv", "performance_profile.png",
+                                                     "summary.csv", "summary.md"]
+
+
+def test_cli_baseline_flag(tmp_path, capsys):
+    _three_methods(tmp_path / "runs")
+    assert _script().main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--resamples", "50",
+                           "--baseline", "nash_mtl"]) == 0
+    printed = capsys.readouterr().out
+    assert "probability of improvement over the baseline" in printed
+    with open(tmp_path / "out" / "improvement.csv") as f:
+        rows = {r["aggregator"]: r["baseline_aggregator"] for r in csv.DictReader(f)}
+    assert rows == {"ls": "nash_mtl", "pivrg": "nash_mtl"}
 
 
 def test_cli_exits_1_on_empty_directory(tmp_path, capsys):
