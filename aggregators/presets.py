@@ -2,6 +2,10 @@
 
 ``preset(name, benchmark)`` returns the keyword arguments for ``make``; a method with no
 benchmark-specific value returns ``{}`` (its paper defaults apply).
+
+:data:`SETTINGS` are named settings of a method (``aggregator=<setting>``): a method whose
+values a paper fixes per benchmark, looked up like a method's presets under the setting's
+name; a setting has no default, so it runs only on the benchmarks it lists.
 """
 
 from __future__ import annotations
@@ -31,8 +35,19 @@ PRESETS: dict[str, dict[str, dict[str, object]]] = {
         "qm9": {"lam": 1e-3},
     },
     "pivrg": _PI,
+    # Guo et al. (arXiv 2025)'s "Grid Search" baseline: LS with fixed loss weights, those of
+    # the paper's text (grid_search) and of its released configs (grid_search_reference);
+    # NYUD: semantic, depth, normals, edge; PASCAL-Context: semantic, human parts,
+    # saliency, normals, edge.
+    "grid_search": {"nyud": {"loss_weights": [1, 1, 2, 50]}, "pascal_context": {"loss_weights": [1, 2, 5, 5, 50]}},
+    "grid_search_reference": {"nyud": {"loss_weights": [1, 1, 10, 50]},
+                              "pascal_context": {"loss_weights": [1, 2, 5, 10, 50]}},
     **{f"pi_{m}": _PI for m in ("ls", "rlw", "dwa", "uw", "mgda", "nash_mtl")},
 }
+
+
+#: named settings: the registry method each one configures
+SETTINGS: dict[str, str] = {"grid_search": "ls", "grid_search_reference": "ls"}
 
 
 def benchmarks() -> frozenset[str]:
@@ -45,3 +60,15 @@ def preset(name: str, benchmark: str | None) -> dict[str, object]:
     if benchmark is None:
         return {}
     return dict(PRESETS.get(name, {}).get(benchmark.lower(), {}))
+
+
+def setting(name: str, benchmark: str | None) -> dict[str, object]:
+    """The values of the named setting ``name`` (:data:`SETTINGS`) on ``benchmark``; a
+    ValueError naming the benchmarks it has values for where it has none."""
+    if name not in SETTINGS:
+        raise ValueError(f"unknown aggregator setting {name!r}; valid: {', '.join(sorted(SETTINGS))}")
+    values = preset(name, benchmark)
+    if not values:
+        raise ValueError(f"aggregator={name} has values for {', '.join(sorted(PRESETS[name]))} only, not for "
+                         f"aggregator_preset={benchmark}; run it on one of those benchmarks")
+    return values

@@ -1,7 +1,8 @@
 """The one registry mechanism: a config section names the class (or factory) that builds
 it as Hydra's ``_target_``, with its hyper-parameters beside it.
 
-Agents (``configs/agent/*.yaml``), supervised benchmarks (``configs/benchmark/*.yaml``) and
+Agents (``configs/agent/*.yaml``), supervised benchmarks (``configs/benchmark/*.yaml``; their training protocols are
+``configs/protocol/*.yaml``) and
 their models (``configs/model/*.yaml``) are all built here, so adding one is its Python file
 plus its YAML.  Aggregators are named in the library's own registry (``@register``,
 ``aggregators.make``), from which :func:`mtrl.launch.register_aggregator_configs` derives

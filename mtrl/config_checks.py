@@ -187,6 +187,16 @@ def _hparam_rule(default):
     return None
 
 
+def check_option_types(section: str, cfg: dict, defaults: dict) -> None:
+    """The types of a component's options against its defaults (``defaults``: from its
+    signature): a number where the default is a number, true/false where it is a flag; a
+    key without a default of those types, or set to null, is the component's to check."""
+    for key, value in cfg.items():
+        rule = _hparam_rule(defaults[key]) if key in defaults else None
+        if rule is not None and value is not None:
+            rule(f"{section}.{key}", value)
+
+
 def check_aggregator(agg_cfg: dict) -> None:
     """The aggregator's name and the types of its hyper-parameters (a number where the
     method's default is a number, true/false where it is a flag); the method checks ranges."""
@@ -196,12 +206,8 @@ def check_aggregator(agg_cfg: dict) -> None:
         defaults = aggregators.hyperparameters(agg_cfg["name"])
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    for key, value in agg_cfg.items():
-        if key == "name" or key not in defaults:
-            continue   # unknown keys: aggregators.make names them and the valid ones
-        rule = _hparam_rule(defaults[key])
-        if rule is not None and value is not None:
-            rule(f"aggregator.{key}", value)
+    # unknown keys: aggregators.make names them and the valid ones
+    check_option_types("aggregator", {k: v for k, v in agg_cfg.items() if k != "name"}, defaults)
 
 
 def explicit_aggregator_keys(config: dict) -> set[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from .run_files import CheckpointError
-from .configuration import ConfigError
+from .configuration import SETTING, ConfigError
 from .run_files import DiskFullError, read_config, remove_temp_files, run_is_finished, write_status
 from .run_identity import META_KEY, POLICIES, KeyPolicy, check_continuation, config_hash, run_name
 from .run_lock import RunLock, RunLocked
@@ -61,8 +61,9 @@ def register_run_name() -> None:
 def register_aggregator_configs() -> None:
     """One ``aggregator/<name>`` config per registry name, derived from the method's
     signature (its name and every hyper-parameter with its default), in Hydra's
-    ConfigStore: ``aggregator=<name>`` needs no YAML file.  ``configs/aggregator/`` holds
-    only named settings of a method (``grid_search``: LS with a benchmark's loss weights).
+    ConfigStore: ``aggregator=<name>`` needs no YAML file; and one per named setting
+    (``aggregator=grid_search``: LS with the loss weights Guo et al. fix per benchmark,
+    :data:`aggregators.presets.SETTINGS`), whose values are applied with the presets.
     Importing this module does it."""
     import aggregators
     from hydra.core.config_store import ConfigStore
@@ -71,6 +72,8 @@ def register_aggregator_configs() -> None:
     for name in aggregators.available():
         defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in aggregators.hyperparameters(name).items()}
         store.store(group="aggregator", name=name, node={"name": name, **defaults})
+    for setting, method in aggregators.presets.SETTINGS.items():
+        store.store(group="aggregator", name=setting, node={"name": method, SETTING: setting})
 
 
 def compose(config_name: str, overrides: list[str]) -> dict:
@@ -89,13 +92,10 @@ def compose(config_name: str, overrides: list[str]) -> dict:
 
 
 def aggregator_choices() -> list[str]:
-    """Every ``aggregator=`` choice: the registry's names and the named settings' YAMLs."""
+    """Every ``aggregator=`` choice: the registry's names and the named settings."""
     import aggregators
 
-    from .components import CONFIGS
-
-    files = {p.stem for p in (CONFIGS / "aggregator").glob("*.yaml")}
-    return sorted(set(aggregators.available()) | files)
+    return sorted(set(aggregators.available()) | set(aggregators.presets.SETTINGS))
 
 
 def job_overrides() -> list[str]:

@@ -54,7 +54,7 @@ RL_KEYS = KeyPolicy(
     in_path=frozenset({"env", "agent", "aggregator", "seed", "sweep"}),
 )
 
-SUPERVISED_KEYS = KeyPolicy(
+SUPERVISED_KEYS = KeyPolicy(   # benchmark.root: where runs recorded before 2026-12 kept data.root
     untracked=frozenset({"device", "data.root", "benchmark.root", "benchmark.num_workers", "train.epochs",
                          "train.log_every", "train.diagnostics_every"}),
     resumable=frozenset(),

@@ -61,6 +61,9 @@ def prepare_config(cfg: dict) -> dict:
     presets applied, every aggregator hyper-parameter written out) and the batch / buffer
     split over the env's tasks.  Every bad value is a one-line :class:`ConfigError`."""
     cfg = config_checks.prepare(cfg, config_checks.RL_RULES)
+    # any agent's options typed by its constructor's defaults (RL_RULES add MultiTaskSAC's ranges)
+    agent_cls = components.target_of(cfg["agent"], "agent", Agent)
+    config_checks.check_option_types("agent", cfg["agent"], components.accepted_options(agent_cls))
     e = cfg["env"]
     try:
         k = envs.task_count(e["name"], **e.get("kwargs", {}))

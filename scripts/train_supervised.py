@@ -54,7 +54,6 @@ def main() -> None:
             share_cpus(hc.launcher)
         config = launch.with_metadata(OmegaConf.to_container(cfg, resolve=True), launch.job_overrides(),
                                         SUPERVISED_KEYS)
-        config["benchmark"]["root"] = config["data"]["root"]
 
         def train(config: dict) -> None:
             trainer = SupervisedTrainer(config, run_dir)
@@ -77,5 +76,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    check_group_choices(sys.argv[1:], groups=("benchmark", "aggregator"))
+    check_group_choices(sys.argv[1:], groups=("benchmark", "protocol", "aggregator"))
     main()

@@ -14,7 +14,7 @@ def run_config(bench: str, root, aggregator: str, mode: str, epochs: int, train:
     the benchmark's preset, ``epochs`` of batches of ``batch_size``; ``train`` overrides."""
     t = {"epochs": epochs, "batch_size": batch_size, "lr": 1e-3, "diagnostics_every": 2, "log_every": 1, **train}
     return {"seed": 0, "device": "cpu", "mode": mode, "aggregator_preset": bench,
-            "benchmark": {"name": bench, "root": str(root), **options},
+            "data": {"root": str(root)}, "benchmark": {"name": bench, **options},
             "aggregator": {"name": aggregator}, "train": t}
 
 

@@ -107,7 +107,7 @@ class SupervisedTrainer:
         torch.manual_seed(self.seed)
 
         try:
-            self.bench = benchmark or build_benchmark(cfg["benchmark"])
+            self.bench = benchmark or build_benchmark(cfg["benchmark"], cfg.get("data", {}).get("root"))
         except (DatasetNotFound, DataError) as exc:
             raise ConfigError(str(exc)) from None
         k = self.bench.num_tasks

@@ -192,13 +192,21 @@ def test_presets_compose():
         psp = compose("supervised", overrides=["benchmark=nyuv2_pspnet"])
         small = {b: compose("supervised", overrides=[f"benchmark={b}_small"])
                  for b in ("cityscapes3", "nyuv2_pspnet", "nyud", "pascal_context")}
-    assert list(nyud.aggregator.loss_weights) == [1, 1, 2, 50] and nyud.model.name == "resnet18_aspp"
-    assert list(pascal.aggregator.loss_weights) == [1, 2, 5, 10, 50]
+    from omegaconf import OmegaConf
+
+    from mtrl.supervised.trainer import prepare_config
+
+    def weights(c):
+        return prepare_config({**OmegaConf.to_container(c, resolve=True), "data": {"root": "/x"}})["aggregator"][
+            "loss_weights"]
+
+    assert weights(nyud) == [1, 1, 2, 50] and nyud.model.name == "resnet18_aspp"
+    assert weights(pascal) == [1, 2, 5, 10, 50]
     assert dict(nyud.train.scheduler) == {"name": "poly", "power": 0.9} and nyud.train.weight_decay == 1e-4
     assert cs3.model.name == "pspnet" and cs3.benchmark.variant == "faithful" and cs3.train.batch_size == 8
     assert psp.model.upsample == 8 and psp.train.epochs == 40 and psp.benchmark.name == "nyuv2_pspnet"
     for name, c in small.items():
-        assert c.benchmark.name == name and c.benchmark.preset == "small" and c.train.max_batches == 10
+        assert c.benchmark.name == name and c.protocol.preset == "small" and c.train.max_batches == 10
 
 
 def test_last_shared_layer_gradient_norms_and_cosines_are_logged(data, tmp_path):

@@ -386,7 +386,7 @@ def test_presets_compose_with_the_papers_protocol():
         assert (c.train.epochs, c.train.batch_size, c.train.lr) == (200, batch, 1e-4)
         assert dict(c.train.scheduler) == {"name": "step", "step_size": 100, "gamma": 0.5}
         assert c.benchmark.report_last_epochs == 10 and c.aggregator_preset == c.benchmark.name
-    assert small.benchmark.name == "nyuv2" and small.benchmark.preset == "small"
+    assert small.benchmark.name == "nyuv2" and small.protocol.preset == "small"
     assert dict(nyu.model) == {"_target_": "mtrl.supervised.models.segnet_mtan.SegNetMTAN", "name": "segnet_mtan",
                                "filters": [64, 128, 256, 512, 512]}
     assert list(small.model.filters) == [16, 32, 64, 128, 128]

@@ -34,7 +34,7 @@ def make_run(path, benchmark="qm9", aggregator="ls", seed=0, values=None, mode="
     per epoch done, and (when ``results``) results.json with ``values`` as test metrics
     and status.json with ``status``.  ``config`` entries "section.key" override the config."""
     cfg = {"seed": seed, "device": "cpu", "mode": mode, "aggregator_preset": benchmark,
-           "data": {"root": f"/data/{benchmark}"}, "benchmark": {"name": benchmark, "root": f"/data/{benchmark}"},
+           "data": {"root": f"/data/{benchmark}"}, "benchmark": {"name": benchmark},
            "aggregator": {"name": aggregator},
            "train": {"epochs": epochs, "batch_size": 8, "lr": 1e-3, "log_every": 50, "diagnostics_every": 200}}
     for key, value in (config or {}).items():
@@ -84,28 +84,28 @@ def rows_by_method(tables):
 # ------------------------------------------------------------------------- metric lists
 
 def test_metric_lists_need_no_data_and_match_the_benchmarks(tmp_path):
-    listed = qm9.metric_list()
+    listed = qm9.QM9Benchmark.metric_list()
     assert [m.name for m in listed] == list(QM9_STL)
     assert [m.baseline for m in listed] == list(QM9_STL.values())
     assert not any(m.higher_is_better for m in listed)
     write_qm9(tmp_path / "qm9", 40, seed=0)
     for targets in (qm9.DEFAULT_TARGETS, (2, 0)):
         built = qm9.QM9Benchmark(tmp_path / "qm9", seed=0, targets=targets, split_sizes=(8, 8))
-        assert qm9.metric_list(targets) == built.metrics
-    f1 = celeba.metric_list()
+        assert qm9.QM9Benchmark.metric_list(targets) == built.metrics
+    f1 = celeba.CelebABenchmark.metric_list()
     assert len(f1) == 40 and all(m.higher_is_better for m in f1)
     assert (f1[0].name, f1[0].task, f1[0].baseline) == ("5_o_Clock_Shadow_f1", "5_o_Clock_Shadow", 0.6736886)
-    assert celeba.metric_list() == celeba.CelebABenchmark(write_celeba(tmp_path / "celeba").root).metrics
+    assert celeba.CelebABenchmark.metric_list() == celeba.CelebABenchmark(write_celeba(tmp_path / "celeba").root).metrics
 
 
 def test_registry_lookup_keeps_only_the_options_the_metrics_depend_on():
     cfg = {"name": "qm9", "root": "/nowhere", "targets": [2, 0], "hidden": 32, "split_sizes": [5, 5]}
     assert [m.name for m in benchmark_metrics(cfg)] == ["homo_mae", "mu_mae"]
-    assert benchmark_metrics({"name": "celeba", "root": "/nowhere", "image_size": 32}) == celeba.metric_list()
+    assert benchmark_metrics({"name": "celeba", "root": "/nowhere", "image_size": 32}) == celeba.CelebABenchmark.metric_list()
     with pytest.raises(ValueError, match="unknown benchmark 'nyu'"):
         benchmark_metrics({"name": "nyu"})
     with pytest.raises(ValueError, match="chosen from"):
-        qm9.metric_list([4])  # gap has no STL baseline
+        qm9.QM9Benchmark.metric_list([4])  # gap has no STL baseline
 
 
 # ------------------------------------------------------------------------------- tables
@@ -146,7 +146,7 @@ def test_seed_means_delta_m_and_var_by_hand(tmp_path):
 
 def test_higher_is_better_benchmark_and_one_table_per_benchmark(tmp_path):
     hand_sweep(tmp_path / "qm9")
-    f1 = {m.name: 1.1 * m.baseline for m in celeba.metric_list()}
+    f1 = {m.name: 1.1 * m.baseline for m in celeba.CelebABenchmark.metric_list()}
     f1["Young_f1"] = 0.7 * 0.91907  # the last attribute 30% below its baseline
     make_run(tmp_path / "celeba" / "seed0", benchmark="celeba", aggregator="famo", values=f1)
     tables, _ = summarize_runs(load_runs([tmp_path])[0])

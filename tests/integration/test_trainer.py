@@ -166,6 +166,9 @@ def test_bad_configs_raise_config_errors(tmp_path):
         prepare_config(point_mass_cfg(compile="reduce-overhead"))
     with pytest.raises(ConfigError, match="env.vector must be one of"):
         prepare_config({**point_mass_cfg(), "env": {**point_mass_cfg()["env"], "vector": "threads"}})
+    # an agent option without a rule of its own is typed by its constructor's default (any agent)
+    with pytest.raises(ConfigError, match="agent.adam_eps must be a finite number, got .tiny."):
+        prepare_config({**point_mass_cfg(), "agent": {**point_mass_cfg()["agent"], "adam_eps": "tiny"}})
 
 
 def test_the_trainer_records_what_task_parameters_receive(tmp_path):

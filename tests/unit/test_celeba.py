@@ -5,7 +5,8 @@ from PIL import Image
 from torch import nn
 
 from mtrl.supervised.data.errors import DatasetNotFound
-from mtrl.supervised.benchmarks.celeba import STL_F1, CelebABenchmark, CelebAF1
+from mtrl.supervised.benchmarks.celeba import STL_F1, CelebABenchmark
+from mtrl.supervised.tasks.classification import MultiLabelF1
 from mtrl.supervised.data.celeba import ATTRIBUTES, read_attributes, read_partition
 from mtrl.supervised.models.celeba_cnn import CelebACNN
 from mtrl.supervised.testing import layout_paths, write_celeba
@@ -115,7 +116,7 @@ def test_loader_seeded_shuffle_workers_and_cache(tiny, bench):
 
 
 def test_f1_from_hand_counts():
-    metric = CelebAF1(["a", "b", "c", "d"])
+    metric = MultiLabelF1(["a", "b", "c", "d"])
     # logits > 0 predict 1; columns a..d
     logits = torch.tensor([[2.0, -1.0, -3.0, 1.0],
                            [1.0, -2.0, -1.0, -1.0],
@@ -127,7 +128,7 @@ def test_f1_from_hand_counts():
                            [1.0, 0.0, 0.0, 0.0]])
     outputs = list(logits.T)
     metric.update(outputs[:], (None, labels))             # whole split at once ...
-    split = CelebAF1(["a", "b", "c", "d"])
+    split = MultiLabelF1(["a", "b", "c", "d"])
     for rows in (slice(0, 1), slice(1, 4)):               # ... or over two batches
         split.update([o[rows] for o in outputs], (None, labels[rows]))
     # a: TP 1, FP 1, FN 2 -> 2/5; b: TP 1, FP 0, FN 1 -> 2/3;

@@ -11,7 +11,8 @@ from PIL import Image
 from mtrl.supervised.data.errors import DatasetNotFound
 from mtrl.supervised.benchmarks.dense import collate
 from mtrl.supervised.data.images import IMAGENET_MEAN, IMAGENET_STD
-from mtrl.supervised.data.nyud_pascal import (IGNORE, NYUD_SCALES, NYUDSplit, PascalContextSplit, flip, label_map_boundary,
+from mtrl.supervised.data.images import flip
+from mtrl.supervised.data.nyud_pascal import (IGNORE, NYUD_SCALES, NYUDSplit, PascalContextSplit, label_map_boundary,
                                               label_map_edges, read_human_parts, scale_rotate)
 from mtrl.supervised.tasks.morphology import thin
 from mtrl.supervised.testing import write_human_parts_mat, write_label_map, write_nyud, write_pascal_context

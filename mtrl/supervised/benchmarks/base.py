@@ -64,6 +64,13 @@ class Benchmark(ABC):
     def splits(self) -> tuple[str, ...]:
         return ("train", "val", "test")
 
+    @staticmethod
+    @abstractmethod
+    def metric_list(**options) -> list[Metric]:
+        """The metrics the benchmark reports with these options (the keyword arguments of
+        its constructor that change them), without reading any data: what the tables and
+        the run checks use."""
+
     @abstractmethod
     def loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0) -> Iterable:
         """Batches of one split (a seeded order when ``shuffle``)."""

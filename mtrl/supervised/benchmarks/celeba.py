@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from ..data.celeba import ATTRIBUTES, SPLIT_CODES, CelebASplit, find_files, read_attributes, read_partition
 from ..models.celeba_cnn import CelebACNN
+from ..tasks.classification import MultiLabelF1
 from .base import Benchmark, Metric
 
 
@@ -48,36 +49,6 @@ STL_F1: tuple[float, ...] = (
     0.9305602, 0.33704284, 0.7647628, 0.91907,
 )
 
-def metric_list() -> list[Metric]:
-    """The metrics ``CelebABenchmark`` reports (per-attribute test F1, higher is better,
-    against :data:`STL_F1`), without reading any data."""
-    return [Metric(f"{a}_f1", a, True, b) for a, b in zip(ATTRIBUTES, STL_F1)]
-
-
-class CelebAF1:
-    """Per-attribute F1 at threshold 0.5 over a split: counts TP, FP, FN of the predictions
-    ``logit > 0`` (sigmoid > 0.5) and returns F1 = 2 TP / (2 TP + FP + FN) per attribute
-    (= 2 P R / (P + R)); F1 = 0 when TP + FP + FN = 0 (no positive predicted or present), as
-    the reference code's epsilon-guarded formula gives. The error some tables use is 1 - F1."""
-
-    def __init__(self, attributes: list[str]):
-        self.attributes = list(attributes)
-        k = len(self.attributes)
-        self.tp, self.fp, self.fn = (torch.zeros(k, dtype=torch.int64) for _ in range(3))
-
-    def update(self, outputs: list[Tensor], batch: tuple[Tensor, Tensor]) -> None:
-        pred = torch.stack(outputs, dim=1).detach() > 0
-        truth = batch[1].detach() > 0.5
-        self.tp = self.tp + (pred & truth).sum(0).cpu()
-        self.fp = self.fp + (pred & ~truth).sum(0).cpu()
-        self.fn = self.fn + (~pred & truth).sum(0).cpu()
-
-    def compute(self) -> dict[str, float]:
-        denom = (2 * self.tp + self.fp + self.fn).double()
-        f1 = torch.where(denom > 0, 2 * self.tp.double() / denom.clamp(min=1), torch.zeros_like(denom))
-        return {f"{a}_f1": float(v) for a, v in zip(self.attributes, f1)}
-
-
 class CelebABenchmark(Benchmark):
     """CelebA from ``root`` (either layout of :func:`find_files`).
 
@@ -90,6 +61,12 @@ class CelebABenchmark(Benchmark):
 
     name = "celeba"
     selection_split = "val"
+
+    @staticmethod
+    def metric_list() -> list[Metric]:
+        """The metrics ``CelebABenchmark`` reports (per-attribute test F1, higher is better,
+        against :data:`STL_F1`), without reading any data."""
+        return [Metric(f"{a}_f1", a, True, b) for a, b in zip(ATTRIBUTES, STL_F1)]
 
     def selection_value(self, values: dict[str, float], delta_m: float) -> float:
         """The reference code keeps the epoch with the best mean validation F1 (not dm%)."""
@@ -119,7 +96,7 @@ class CelebABenchmark(Benchmark):
             raise FileNotFoundError(f"{len(missing)} images listed in {self.files.attr_file.name} are not in "
                                     f"{self.files.image_dir}, e.g. {missing[0]}")
         self.tasks = list(attributes)
-        self.metrics = metric_list()
+        self.metrics = self.metric_list()
         codes = np.array([partition[name] for name in images])
         self.datasets = {
             split: CelebASplit(self.files.image_dir, [images[i] for i in np.flatnonzero(codes == code)],
@@ -159,5 +136,5 @@ class CelebABenchmark(Benchmark):
         logits = torch.stack(outputs, dim=1)
         return F.binary_cross_entropy_with_logits(logits, batch[1], reduction="none").mean(0)
 
-    def metric_state(self) -> CelebAF1:
-        return CelebAF1(self.tasks)
+    def metric_state(self) -> MultiLabelF1:
+        return MultiLabelF1(self.tasks)

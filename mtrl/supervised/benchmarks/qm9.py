@@ -27,6 +27,7 @@ from torch_geometric.loader import DataLoader
 from ..data.errors import DatasetNotFound
 from ..data.qm9 import EDGE_FEATURES, NODE_FEATURES, CompleteGraph, ScaledTargets, missing_files_message
 from ..models.mpnn import MPNN
+from ..tasks.regression import TargetMAE
 from .base import Benchmark, Metric
 
 #: names of PyG's 19 QM9 targets, by column of ``data.y``
@@ -42,43 +43,22 @@ STL_MAE = {0: 0.0671, 1: 0.1814, 2: 60.576, 3: 53.915, 5: 0.5027, 6: 4.539, 12: 
            13: 64.244, 14: 63.852, 15: 66.223, 11: 0.07212}
 
 
-def metric_list(targets: Sequence[int] = DEFAULT_TARGETS) -> list[Metric]:
-    """The metrics ``QM9Benchmark(targets=targets)`` reports (per-target test MAE in the
-    reported units, lower is better, against :data:`STL_MAE`), without reading any data."""
-    targets = [int(t) for t in targets]
-    unknown = [t for t in targets if t not in STL_MAE]
-    if not targets or unknown:
-        raise ValueError(f"targets {targets} must be PyG QM9 columns with an STL baseline, "
-                         f"chosen from {sorted(STL_MAE)}")
-    return [Metric(f"{TARGET_NAMES[t]}_mae", TARGET_NAMES[t], False, STL_MAE[t]) for t in targets]
-
-
-class QM9MAE:
-    """Per-target MAE over a split, in the original units (eV targets in meV)."""
-
-    def __init__(self, metric_names: list[str], std: Tensor, unit_scale: Tensor):
-        self.names, self.std, self.unit_scale = metric_names, std, unit_scale
-        self.abs_error = torch.zeros(len(metric_names), dtype=torch.float64)
-        self.count = 0
-
-    def update(self, outputs: list[Tensor], batch: Batch) -> None:
-        """Adds sum_graphs |prediction - target| * std (scaled errors back in units)."""
-        err = (torch.cat(outputs, dim=1).detach() - batch.y).abs()
-        self.abs_error += (err.double().sum(0).cpu() * self.std.double())
-        self.count += batch.y.size(0)
-
-    def compute(self) -> dict[str, float]:
-        if self.count == 0:
-            raise ValueError("no batches were passed to update(); evaluate a non-empty split")
-        mae = self.abs_error / self.count * self.unit_scale.double()
-        return {name: float(v) for name, v in zip(self.names, mae)}
-
-
 class QM9Benchmark(Benchmark):
     """QM9 with the targets ``targets`` (PyG columns; task names from ``TARGET_NAMES``)."""
 
     name = "qm9"
     selection_split = "val"
+
+    @staticmethod
+    def metric_list(targets: Sequence[int] = DEFAULT_TARGETS) -> list[Metric]:
+        """The metrics ``QM9Benchmark(targets=targets)`` reports (per-target test MAE in the
+        reported units, lower is better, against :data:`STL_MAE`), without reading any data."""
+        targets = [int(t) for t in targets]
+        unknown = [t for t in targets if t not in STL_MAE]
+        if not targets or unknown:
+            raise ValueError(f"targets {targets} must be PyG QM9 columns with an STL baseline, "
+                             f"chosen from {sorted(STL_MAE)}")
+        return [Metric(f"{TARGET_NAMES[t]}_mae", TARGET_NAMES[t], False, STL_MAE[t]) for t in targets]
 
     def __init__(self, root: str, seed: int = 0, targets: Sequence[int] = DEFAULT_TARGETS,
                  split_sizes: tuple[int, int] = (10000, 10000), hidden: int = 64):
@@ -115,7 +95,7 @@ class QM9Benchmark(Benchmark):
 
         self.seed, self.hidden, self.targets = seed, hidden, targets
         self.tasks = [TARGET_NAMES[t] for t in targets]
-        self.metrics = metric_list(targets)
+        self.metrics = self.metric_list(targets)
         self.unit_scale = torch.tensor([1000.0 if t in EV_TARGETS else 1.0 for t in targets])
 
     def _split(self, split: str):
@@ -143,8 +123,8 @@ class QM9Benchmark(Benchmark):
         """Per-target MSE between predictions and z-scored targets, a (k,) tensor."""
         return F.mse_loss(torch.cat(outputs, dim=1), batch.y, reduction="none").mean(0)
 
-    def metric_state(self) -> QM9MAE:
-        return QM9MAE([m.name for m in self.metrics], self.target_std, self.unit_scale)
+    def metric_state(self) -> TargetMAE:
+        return TargetMAE([m.name for m in self.metrics], self.target_std, self.unit_scale)
 
     def denormalise(self, scaled: Tensor) -> Tensor:
         """Targets in PyG units from z-scored ones (the inverse of the target scaling)."""

@@ -74,7 +74,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .errors import DataError, DatasetNotFound
-from .images import IMAGENET_MEAN, IMAGENET_STD
+from .images import normalise_imagenet
 
 __all__ = ["CityscapesOfficialSplit", "CityscapesSample", "find_samples", "train_ids", "instance_offsets",
            "decode_disparity", "preprocess_image", "rotate_flip", "read_raw",
@@ -209,7 +209,7 @@ def preprocess_image(rgb, variant: str = "faithful") -> Tensor:
     x = x.permute(2, 0, 1)
     if variant == "faithful":
         return ((x.flip(0) - torch.tensor(SL_MEAN)[:, None, None]) / 255.0).contiguous()
-    return ((x / 255.0 - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None])
+    return normalise_imagenet(x / 255.0)
 
 
 def read_raw(sample: CityscapesSample) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .errors import DataError, DatasetNotFound
+from .images import flip
 
 #: the test images live in the ``val`` folder of the MTAN preprocessing
 SPLIT_FOLDERS = {"train": "train", "test": "val"}
@@ -125,9 +126,7 @@ def scale_crop_flip(image: Tensor, targets: list[Tensor], kinds: Sequence[str], 
         t = _resample(t, kind, (height, width), box)
         out.append(t / s if kind == "depth" else t)
     if rng.random() < 0.5:
-        image = image.flip(-1)
-        out = [t.flip(-1) for t in out]
-        out = [torch.cat((-t[:1], t[1:])) if kind == "normal" else t for t, kind in zip(out, kinds)]
+        image, out = flip(image, out, kinds)
     return image, out
 
 

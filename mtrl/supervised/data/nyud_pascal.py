@@ -76,7 +76,7 @@ from torch.utils.data import Dataset
 
 from ..tasks.morphology import thin
 from .errors import DataError, DatasetNotFound
-from .images import IMAGENET_MEAN, IMAGENET_STD
+from .images import flip, normalise_imagenet
 
 __all__ = ["NYUDSplit", "PascalContextSplit", "read_human_parts", "label_map_boundary", "label_map_edges",
            "nyud_semantic", "pascal_semantic", "png_edges", "png_normals", "png_normals_raw", "saliency_from_png", "mask_normals",
@@ -333,13 +333,6 @@ def resize(image: Tensor, targets: list[Tensor], kinds: Sequence[str], size: tup
             [_resample(t, k, how, label_fill) for t, k in zip(targets, kinds)])
 
 
-def flip(image: Tensor, targets: list[Tensor], kinds: Sequence[str]) -> tuple[Tensor, list[Tensor]]:
-    """Horizontal flip; the normal's x component changes sign (``RandomHorizontalFlip``)."""
-    out = [t.flip(-1) for t in targets]
-    out = [torch.cat((-t[:1], t[1:])) if k == "normal" else t for t, k in zip(out, kinds)]
-    return image.flip(-1), out
-
-
 def scale_rotate(image: Tensor, targets: list[Tensor], kinds: Sequence[str], scale: float, angle: float,
                  label_fill: int = IGNORE) -> tuple[Tensor, list[Tensor]]:
     """The reference's ``ScaleNRotate`` for one draw: ``warpAffine`` with
@@ -377,12 +370,6 @@ def scale_rotate(image: Tensor, targets: list[Tensor], kinds: Sequence[str], sca
 
 # ----------------------------------------------------------------------------------------
 # datasets
-
-def _normalise_image(image: Tensor) -> Tensor:
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return ((image - mean) / std).float()
-
 
 def _check_size(size) -> tuple[int, int] | None:
     if size is None:
@@ -482,7 +469,7 @@ class _DenseSplit(Dataset):
             t = targets[j]
             if task == "human_parts" and not ((t > 0) & (t != IGNORE)).any():
                 targets[j] = torch.full_like(t, IGNORE)   # reference AddIgnoreRegions, after augmentation
-        return _normalise_image(image), targets
+        return normalise_imagenet(image), targets
 
 
 class NYUDSplit(_DenseSplit):
