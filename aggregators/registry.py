@@ -6,6 +6,10 @@ import inspect
 from typing import Callable
 
 from .base import Aggregator
+from .cost import Periodic, periodic_support
+
+#: the cost knob every Gram-matrix method takes (``aggregators.cost``), with its default
+COST_KNOBS = {"every": 1}
 
 _REGISTRY: dict[str, Callable[..., Aggregator]] = {}
 
@@ -41,16 +45,27 @@ def available() -> list[str]:
 
 
 def hyperparameters(name: str) -> dict[str, object]:
-    """The hyper-parameters ``name`` accepts, with their defaults."""
+    """The hyper-parameters ``name`` accepts, with their defaults; a Gram-matrix method also
+    takes the cost knobs (:data:`COST_KNOBS`)."""
     target = _lookup(name)
     if hasattr(target, "hparams"):
-        return dict(target.hparams())
-    sig = inspect.signature(target)
-    return {
-        p.name: p.default
-        for p in sig.parameters.values()
-        if p.name not in ("self", "num_tasks") and p.kind is not p.VAR_KEYWORD
-    }
+        own = dict(target.hparams())
+    else:
+        sig = inspect.signature(target)
+        own = {p.name: p.default for p in sig.parameters.values()
+               if p.name not in ("self", "num_tasks") and p.kind is not p.VAR_KEYWORD}
+    return {**own, **COST_KNOBS} if takes_cost_knobs(name) else own
+
+
+_KNOB_SUPPORT: dict[str, bool] = {}
+
+
+def takes_cost_knobs(name: str) -> bool:
+    """Whether ``name`` is a Gram-matrix method :class:`~aggregators.cost.Periodic` can wrap
+    (decided on a two-task instance, once per name)."""
+    if name not in _KNOB_SUPPORT:
+        _KNOB_SUPPORT[name] = periodic_support(_lookup(name)(2)) is None
+    return _KNOB_SUPPORT[name]
 
 
 def _lookup(name: str):
@@ -72,5 +87,8 @@ def make(name: str, num_tasks: int, **hparams) -> Aggregator:
             f"unknown hyper-parameter(s) {unknown} for aggregator {name!r}; "
             f"valid: {', '.join(sorted(valid)) or '(none)'}"
         )
+    knobs = {k: hparams.pop(k) for k in COST_KNOBS if k in hparams}
     agg = target(num_tasks, **hparams)
-    return agg
+    every = knobs.get("every", 1)
+    plain = isinstance(every, int) and not isinstance(every, bool) and every == 1
+    return agg if plain else Periodic(agg, every)
