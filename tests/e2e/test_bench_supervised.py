@@ -51,7 +51,7 @@ def test_quick_run_on_the_dense_benchmarks_reads_their_real_layout(capsys):
     assert all(float(r[4]) > 0 for r in rows)
 
 
-def test_quick_run_on_the_paper_002_and_004_benchmarks(capsys):
+def test_quick_run_on_the_senushkin_2023_and_guo_2025_benchmarks(capsys):
     import pytest
     pytest.importorskip("torchvision")
     pytest.importorskip("pyEdgeEval")

@@ -65,7 +65,7 @@ def test_metric_lists_reproduce_the_papers_dm(bench):
         assert printed_dm_matches(bench, printed, dm, sign), printed
 
 
-def test_nyuv2_pspnet_row_of_paper_002():
+def test_nyuv2_pspnet_row_of_senushkin_cvpr2023():
     # Table 3, Uniform: the within-angle ratios printed as fractions, in % here
     assert printed_dm_matches("nyuv2_pspnet", "45.21 69.70 0.49 0.21 26.10 21.08 26.0 52.0 66.0", 8.97)
 
@@ -230,7 +230,7 @@ def test_last_shared_layer_gradient_norms_and_cosines_are_logged(data, tmp_path)
     tr.close()
 
 
-def test_table_reports_the_mean_loss_weights_of_paper_004(data, tmp_path, single_thread):
+def test_table_reports_the_mean_loss_weights_of_guo_2025(data, tmp_path, single_thread):
     """Tables VI-VII: grid search shows its fixed weights, AvgNorm the mean of the weights
     it applied over the training steps (the per-epoch means in metrics.jsonl, step-weighted)."""
     pytest.importorskip("pyEdgeEval")
