@@ -35,6 +35,11 @@ PRESETS: dict[str, dict[str, dict[str, object]]] = {
         "qm9": {"lam": 1e-3},
     },
     "pivrg": _PI,
+    # Xiao et al. (NeurIPS 2023)'s released scripts: experiments/nyuv2/run.sh lamda=0.3
+    # (the Cityscapes trainer's default), mtrl_files/run.sh sdmgrad_lamda=0.6 (MT10, MT50)
+    "sdmgrad": {"nyuv2": {"lam": 0.3}, "cityscapes": {"lam": 0.3}, "mt10": {"lam": 0.6}, "mt50": {"lam": 0.6}},
+    # Qin et al. (NeurIPS 2025)'s released experiments/nyuv2/run.sh: ntk_exp=0.75
+    "ntkmtl": {"nyuv2": {"ntk_exp": 0.75}},
     # Guo et al. (arXiv 2025)'s "Grid Search" baseline: LS with fixed loss weights, those of
     # the paper's text (grid_search) and of its released configs (grid_search_reference);
     # NYUD: semantic, depth, normals, edge; PASCAL-Context: semantic, human parts,

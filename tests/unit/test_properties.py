@@ -55,6 +55,11 @@ PROPERTIES: dict[str, set] = {
     "consmtl": BASE | {NON_CONFLICTING, PERMUTATION_INVARIANT, ALPHA_FAIR_2},
     # Suteu & Guo 2019: the first-order part is the plain sum (weights 1).
     "cosreg": BASE | {PERMUTATION_INVARIANT, LINEAR, GRADIENT_INDEPENDENT_WEIGHTS},
+    # Lin et al., arXiv 2023 (DB-MTL), eq. 2: d = max_j ||ghat_j|| sum_i ghat_i / ||ghat_i||
+    # over EMA-tracked log-loss gradients, so d scales with G; a combination of the
+    # current gradients only for beta = 0 (the default 0.9 leaves weights None), and
+    # the normalised sum can still oppose one task.
+    "db_mtl": {STRUCTURE, PERMUTATION_INVARIANT, LINEAR},
     "dwa": LOSS_ONLY | {PERMUTATION_INVARIANT},
     # Ban & Ji, ICML 2024: M w = w^(-1/alpha), w > 0, so g_i . d = w_i^(-1/alpha) > 0.
     "fairgrad": BASE | {NON_CONFLICTING, PERMUTATION_INVARIANT, ALPHA_FAIR_2},
@@ -85,6 +90,9 @@ PROPERTIES: dict[str, set] = {
     # Yu et al., NeurIPS 2020, Theorem 1 covers two tasks (g_1' + g_2' never conflicts);
     # for k > 2 the random projection orders give no guarantee and no permutation
     # invariance with one seed.
+    # Qin et al., NeurIPS 2025 (NTKMTL), with one sample per task: w_i = (tr M / M_ii)^0.5,
+    # so d = sqrt(tr M) sum_i g_i / ||g_i||; g_1 . (u_1 + u_2) >= 0 for two tasks only.
+    "ntkmtl": BASE | {NON_CONFLICTING_PAIR, PERMUTATION_INVARIANT, LINEAR},
     "pcgrad": BASE | {NON_CONFLICTING_PAIR, LINEAR},
     # PIVRG paper (Qin et al., CVPR 2025), sec. 4.4: fresh, dm = 0 and omega = 1, so every
     # PI-X is X.
@@ -100,7 +108,12 @@ PROPERTIES: dict[str, set] = {
     "pivrg": BASE | {NON_CONFLICTING, PERMUTATION_INVARIANT, ALPHA_FAIR_2},
     "rgw": BASE | {LINEAR, GRADIENT_INDEPENDENT_WEIGHTS},
     "rlw": set(LOSS_ONLY),
+    # Xiao et al., NeurIPS 2023 (SDMGrad): a fixed number of projected SGD steps on the
+    # normalised Gram matrix (inexact MGDA pulled towards g0), so no sign guarantee.
+    "sdmgrad": BASE | {PERMUTATION_INVARIANT, LINEAR},
     "si": LOSS_ONLY | {PERMUTATION_INVARIANT},
+    # Lin et al., ICML 2024 (STCH): fresh, the warm-up objective sum_i log l_i (SI).
+    "stch": LOSS_ONLY | {PERMUTATION_INVARIANT},
     # Quinton & Rey, arXiv 2024: the average of projections onto the dual cone {v: G v >= 0}.
     "upgrad": BASE | {NON_CONFLICTING, PERMUTATION_INVARIANT, LINEAR},
     "uw": LOSS_ONLY | {PERMUTATION_INVARIANT},
