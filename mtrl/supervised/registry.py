@@ -30,10 +30,11 @@ def benchmark_class(cfg: dict) -> type[Benchmark]:
 
 def build_benchmark(cfg: dict, root) -> Benchmark:
     """The benchmark ``cfg`` (a config's ``benchmark`` section) describes, reading its data
-    from ``root`` (the config's ``data.root``)."""
+    from ``root`` (the config's ``data.root``; None is passed on to a class whose
+    ``needs_root`` is False, whose data ship with a package)."""
     cfg = with_target(cfg)
     name, cls = cfg.get("name"), benchmark_class(cfg)
-    if not root:
+    if not root and cls.needs_root:
         raise components.ConfigError(f"benchmark {name} needs its data: set data.root=PATH")
     # the readers' DataError is a ValueError with its own message: only a bad option is a ConfigError
     return components.build(cfg, f"benchmark {name}", root, base=cls, labels=LABELS, catch=(TypeError,))

@@ -55,6 +55,9 @@ class Benchmark(ABC):
     #: None: report the test metrics of the epoch chosen on the selection split; N: report
     #: the mean test metrics of the last N epochs (the dense-vision protocol)
     report_last_epochs: int | None = None
+    #: False where the data ship with a package (multidigits): the trainer then builds the
+    #: benchmark without ``data.root`` instead of asking for it
+    needs_root: bool = True
 
     @property
     def num_tasks(self) -> int:
