@@ -86,6 +86,9 @@ class Aggregator(nn.Module):
     #: plain Python attributes (step counters, flags: no device sync to read them) that
     #: the state dict carries as extra state
     state_attributes: ClassVar[tuple[str, ...]] = ()
+    #: buffers shaped at the first call (MoCo's tracked gradients): loading a state dict
+    #: first resizes them to the saved shape
+    lazy_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, num_tasks: int):
         super().__init__()
@@ -136,6 +139,12 @@ class Aggregator(nn.Module):
         raise NotImplementedError
 
     # -- state ----------------------------------------------------------------------------
+    def task_rows(self) -> Tensor | None:
+        """The tasks whose gradients this step needs (sorted int64 indices), drawn once per
+        step by the engine before any per-task gradient; None: every task (the
+        ``tasks_per_step`` knob, :class:`aggregators.cost.Subsampled`, draws a subset)."""
+        return None
+
     def reset(self) -> None:
         """Return to the initial state (stateless methods: only clears ``weights``)."""
         self.weights = None
@@ -147,6 +156,29 @@ class Aggregator(nn.Module):
     def end_epoch(self) -> None:
         """Hook called by trainers at the end of each epoch (epoch-level DWA uses it);
         a no-op for other methods."""
+
+    def lazy_buffer(self, name: str, like: Tensor) -> Tensor:
+        """The lazy buffer ``name`` (:attr:`lazy_buffers`) shaped like ``like``: zeros at
+        the first call, moved to ``like``'s device and dtype after; a ValueError where the
+        shape changed (the number of shared parameters must stay the same)."""
+        buf = getattr(self, name)
+        if buf.numel() == 0:
+            buf = torch.zeros_like(like)
+        elif buf.shape != like.shape:
+            raise ValueError(
+                f"{self.name}: grads of shape {tuple(like.shape)} do not match its {name} buffer "
+                f"{tuple(buf.shape)}; the number of shared parameters must stay the same (reset() to start over)")
+        elif buf.device != like.device or buf.dtype != like.dtype:
+            buf = buf.to(device=like.device, dtype=like.dtype)
+        setattr(self, name, buf)
+        return buf
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in self.lazy_buffers:
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                setattr(self, name, torch.empty(saved.shape, dtype=saved.dtype, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def get_extra_state(self) -> dict:
         return {name: getattr(self, name) for name in self.state_attributes}

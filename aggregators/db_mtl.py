@@ -49,6 +49,7 @@ class DBMTL(Aggregator):
     needs_losses = True
     needs_positive_losses = True
     state_attributes = ("step",)
+    lazy_buffers = ("tracking",)
 
     def __init__(self, num_tasks: int, beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8):
         super().__init__(num_tasks)
@@ -66,19 +67,6 @@ class DBMTL(Aggregator):
         #: 1 / (l_i + eps) of the last call (float64, (k,)): d log(l_i + eps) / d l_i
         self.loss_scales: Tensor | None = None
 
-    def _tracking_for(self, grads: Tensor) -> Tensor:
-        y = self.tracking
-        if y.numel() == 0:
-            self.tracking = torch.zeros_like(grads)
-        elif y.shape != grads.shape:
-            raise ValueError(
-                f"DB-MTL: grads of shape {tuple(grads.shape)} do not match the tracked gradients "
-                f"{tuple(y.shape)}; the number of shared parameters must stay the same (reset() to start over)"
-            )
-        elif y.device != grads.device or y.dtype != grads.dtype:
-            self.tracking = y.to(device=grads.device, dtype=grads.dtype)
-        return self.tracking
-
     def beta_at(self, step: int) -> float:
         """``beta_t = beta / t^beta_sigma``, the weight of the old estimate at step t."""
         return self.beta / float(step) ** self.beta_sigma
@@ -89,7 +77,7 @@ class DBMTL(Aggregator):
             check_log_domain(self.name, l + self.eps)
         self.step += 1
         beta_t = self.beta_at(self.step)
-        y = self._tracking_for(grads)
+        y = self.lazy_buffer("tracking", grads)
         inv = 1.0 / (l + self.eps)
         # ghat <- beta_t ghat + (1 - beta_t) grads / (l + eps), in place (no k x n temporary)
         y.mul_(beta_t).addcmul_(grads, ((1.0 - beta_t) * inv).to(grads.dtype)[:, None])
@@ -100,16 +88,6 @@ class DBMTL(Aggregator):
         return scales.to(y.dtype) @ y
 
     # -- state ----------------------------------------------------------------------------
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        # the tracking buffer is shaped lazily: resize it to the saved one before loading
-        key = prefix + "tracking"
-        if key in state_dict:
-            saved = state_dict[key]
-            self.tracking = torch.empty(saved.shape, dtype=saved.dtype, device=self.tracking.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
     def reset(self) -> None:
         super().reset()
         self.tracking = torch.zeros(0, device=self.tracking.device)

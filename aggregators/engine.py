@@ -167,6 +167,28 @@ class _Call:
     heads: list[list[Tensor]] | None = None
     representation: list[Tensor] = field(default_factory=list)
     ok: Tensor | None = None              # "mask": the device flag, all checks so far
+    rows: Tensor | None = None            # the tasks drawn this step (tasks_per_step); None: all
+
+    @property
+    def heads_own(self) -> bool:
+        """The task parameters get the gradient of ``sum_i l_i``: in ``"own"`` mode, and on
+        a step with a draw (the weights are 0 for the tasks not drawn, whose own
+        parameters would otherwise get nothing)."""
+        return self.own or self.rows is not None
+
+    def drawn(self, x: Tensor) -> Tensor:
+        """The drawn tasks' rows of ``x`` (all of them without a draw)."""
+        return x if self.rows is None else x.index_select(0, self.rows.to(x.device))
+
+    def padded(self, gram: Tensor) -> Tensor:
+        """The k x k Gram matrix from the drawn tasks' one: zero rows and columns for the
+        tasks not drawn (the ``tasks_per_step`` estimator, ``aggregators.cost``)."""
+        if self.rows is None:
+            return gram
+        k = self.losses.shape[0]
+        full = torch.zeros((k, k), dtype=gram.dtype, device=gram.device)
+        r = self.rows.to(gram.device)
+        return full.index_put((r[:, None], r[None, :]), gram)
 
     @property
     def masked(self) -> bool:
@@ -289,12 +311,14 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, shared: n
                 out = _loss_only(call, chunk_numel if low_memory and params else None)
             elif not params:
                 out = _no_shared(call)
-            elif feats:
-                out = _feature_level(call)
-            elif low_memory:
-                out = _low_memory(call, chunk_numel)
             else:
-                out = _full(call)
+                call.rows = agg.task_rows()
+                if feats:
+                    out = _feature_level(call)
+                elif low_memory:
+                    out = _low_memory(call, chunk_numel)
+                else:
+                    out = _full(call)
             if lower:
                 _lower_level(call, rep_grads)
     except _Skip:
@@ -358,13 +382,13 @@ def _full(call: _Call) -> BackwardResult:
     blocks, own = _task_blocks(call, factored=by_gram)
     gram = None
     if isinstance(agg, GramWeighting) or call.want_diagnostics:
-        gram = functools.reduce(torch.add, [b.gram() for b in blocks])
+        gram = call.padded(functools.reduce(torch.add, [b.gram() for b in blocks]))
     Gd = None if by_gram else _join(blocks).detach()
     _check_finite(call, gram.diagonal() if gram is not None else _row_max(Gd))
     gram, Gd = call.safe(gram, "eye"), call.safe(Gd)
     if by_gram:
         w = agg.gram_weights(gram, call.agg_losses())
-        parts = [b.direction(w).view(q.shape) for b, q in zip(blocks, call.params)]
+        parts = [b.direction(call.drawn(w)).view(q.shape) for b, q in zip(blocks, call.params)]
         norm = _weighted_norm(gram, w)
     else:
         w, d = _aggregate(call, Gd, gram)
@@ -384,7 +408,7 @@ def _full(call: _Call) -> BackwardResult:
 
 def _low_memory(call: _Call, chunk_numel: int) -> BackwardResult:
     """``M`` summed over parameter chunks, weights from it, one backward of sum_i w_i l_i."""
-    gram = _chunked_gram(call, call.params, chunk_numel)
+    gram = call.padded(_chunked_gram(call, call.params, chunk_numel))
     _check_finite(call, gram.diagonal())
     return _gram_weighted_backward(call, call.safe(gram, "eye"))
 
@@ -409,7 +433,7 @@ def _feature_level(call: _Call) -> BackwardResult:
     agg = call.agg
     Gz = _rows(_per_task(call, call.features, agg.needs_graph))
     Gd = Gz.detach()
-    gram = Gd @ Gd.T if isinstance(agg, GramWeighting) or call.want_diagnostics else None
+    gram = call.padded(Gd @ Gd.T) if isinstance(agg, GramWeighting) or call.want_diagnostics else None
     _check_finite(call, gram.diagonal() if gram is not None else _row_max(Gd))
     gram, Gd = call.safe(gram, "eye"), call.safe(Gd)
     if isinstance(agg, GramWeighting) and not agg.needs_graph:
@@ -504,11 +528,14 @@ def _task_blocks(call: _Call, factored: bool = False) -> tuple[list, list | None
     their order (differentiable where a second-order term needs them), and on the split
     path the task parameters' own gradients from the same backward.  ``factored``: on the
     split path, layers whose blocks are small keep their gradients factored."""
-    k = call.losses.shape[0]
     create_graph = call.agg.needs_graph
     if call.path != "split":
-        return [_Rows(g.reshape(k, 1, -1)) for g in _per_task(call, call.params, create_graph)], None
-    return _split_blocks(call, create_graph, factored)
+        return [_Rows(g.reshape(g.shape[0], 1, -1)) for g in _per_task(call, call.params, create_graph)], None
+    if call.rows is None:
+        return _split_blocks(call, create_graph, factored)
+    # one backward gives every task's rows: keep the drawn ones
+    blocks, own = _split_blocks(call, create_graph, False)
+    return [_Rows(call.drawn(b.rows)) for b in blocks], own
 
 
 def _join(blocks: list) -> Tensor:
@@ -578,7 +605,7 @@ def _others_grads(call: _Call, w: Tensor | None) -> list:
     ``sum_i w_i l_i``, from one backward restricted to them."""
     if not call.others:
         return []
-    total = _weighted_loss(call, None if call.own else w)
+    total = _weighted_loss(call, None if call.heads_own else w)
     return list(_grad(total, call.others, call.retain_graph or call.heads is not None))
 
 
@@ -586,7 +613,7 @@ def _weighted_grads(call: _Call, w: Tensor) -> list:
     """Gradients of ``sum_i w_i l_i`` on the shared parameters and the task parameters
     (those of ``sum_i l_i`` in ``"own"`` mode)."""
     keep = call.retain_graph or call.heads is not None
-    if not call.own or not call.others:
+    if not call.heads_own or not call.others:
         return list(_grad(_weighted_loss(call, w), [*call.params, *call.others], keep))
     return [*_grad(_weighted_loss(call, w), call.params, True), *_grad(call.losses.sum(), call.others, keep)]
 
@@ -612,20 +639,24 @@ def _aggregate(call: _Call, G: Tensor, gram: Tensor | None) -> tuple[Tensor | No
 
 
 def _per_task(call: _Call, inputs: list[Tensor], create_graph: bool = False) -> list[Tensor]:
-    """Row i of each result: ``d l_i / d input``, by the call's path; for inputs that are
-    not shared parameters, the split path counts as batched."""
-    return _vjp_rows(call.losses, inputs, create_graph, call.path != "loop")
+    """Row i of each result: ``d l_i / d input``, by the call's path, for the drawn tasks
+    only where the call has a draw; for inputs that are not shared parameters, the split
+    path counts as batched."""
+    return _vjp_rows(call.losses, inputs, create_graph, call.path != "loop", call.rows)
 
 
-def _vjp_rows(losses: Tensor, inputs: list[Tensor], create_graph: bool, batched: bool) -> list[Tensor]:
+def _vjp_rows(losses: Tensor, inputs: list[Tensor], create_graph: bool, batched: bool,
+              rows: Tensor | None = None) -> list[Tensor]:
     """Row i of each result: ``d l_i / d input``, from one batched backward (``batched``),
-    else from one backward per task.
+    else from one backward per task; only the tasks ``rows`` (sorted indices) where given.
 
     Where an operation of the model has no batching rule (``vmap`` refuses it), falls
     back to one backward per task, with a warning."""
     k = losses.shape[0]
     if batched:
         eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
+        if rows is not None:
+            eye = eye.index_select(0, rows.to(losses.device))
         try:
             return list(torch.autograd.grad(losses, inputs, grad_outputs=eye, is_grads_batched=True,
                                             retain_graph=True, create_graph=create_graph, allow_unused=True,
@@ -633,10 +664,11 @@ def _vjp_rows(losses: Tensor, inputs: list[Tensor], create_graph: bool, batched:
         except RuntimeError as err:
             warnings.warn(f"batched per-task backward failed ({err}); using one backward per task",
                           RuntimeWarning, stacklevel=4)
-    rows = [torch.autograd.grad(losses[i], inputs, retain_graph=True, create_graph=create_graph,
-                                allow_unused=True, materialize_grads=True)
-            for i in range(k)]
-    return [torch.stack(per_input) for per_input in zip(*rows)]
+    tasks = range(k) if rows is None else rows.tolist()   # rows live on the CPU: no device sync
+    per_task = [torch.autograd.grad(losses[i], inputs, retain_graph=True, create_graph=create_graph,
+                                    allow_unused=True, materialize_grads=True)
+                for i in tasks]
+    return [torch.stack(per_input) for per_input in zip(*per_task)]
 
 
 def _chunks(params: list[Tensor], chunk_numel: int | None) -> list[list[Tensor]]:

@@ -50,6 +50,9 @@ class MGDA(GramWeighting):
     tasks give all-zero weights.
     """
 
+    #: a zero gradient in the hull makes d = 0 (``tasks_per_step`` refuses MGDA)
+    zero_gradient_stalls = True
+
     def __init__(self, num_tasks: int, normalization: str = "none"):
         super().__init__(num_tasks)
         if normalization not in _NORMALIZATIONS:

@@ -61,6 +61,7 @@ class MoCo(Aggregator):
 
     needs_losses = True
     state_attributes = ("step",)
+    lazy_buffers = ("tracking",)
 
     def __init__(
         self,
@@ -91,25 +92,12 @@ class MoCo(Aggregator):
         self.register_buffer("lambdas", torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64))
         self.step = 0  # a Python int (no device sync); saved through the extra state
 
-    def _tracking_for(self, grads: Tensor) -> Tensor:
-        y = self.tracking
-        if y.numel() == 0:
-            self.tracking = torch.zeros_like(grads)
-        elif y.shape != grads.shape:
-            raise ValueError(
-                f"MoCo: grads of shape {tuple(grads.shape)} do not match the tracking matrix "
-                f"{tuple(y.shape)}; the number of shared parameters must stay the same (reset() to start over)"
-            )
-        elif y.device != grads.device or y.dtype != grads.dtype:
-            self.tracking = y.to(device=grads.device, dtype=grads.dtype)
-        return self.tracking
-
     def aggregate(self, grads: Tensor, losses: Tensor | None) -> Tensor:
         self.step += 1
         t = float(self.step)
         beta_t = self.beta / t**self.beta_sigma
         gamma_t = self.gamma / t**self.gamma_sigma
-        y = self._tracking_for(grads)
+        y = self.lazy_buffer("tracking", grads)
 
         norms = grads.norm(dim=1).to(torch.float64)
         scale = safe_divide(losses.to(device=grads.device, dtype=torch.float64), norms)
@@ -126,16 +114,6 @@ class MoCo(Aggregator):
         return lam.to(y.dtype) @ y
 
     # -- state ----------------------------------------------------------------------------
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        # the tracking buffer is shaped lazily: resize it to the saved one before loading
-        key = prefix + "tracking"
-        if key in state_dict:
-            saved = state_dict[key]
-            self.tracking = torch.empty(saved.shape, dtype=saved.dtype, device=self.tracking.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
     def reset(self) -> None:
         super().reset()
         self.tracking = torch.zeros(0, device=self.tracking.device)

@@ -6,10 +6,11 @@ import inspect
 from typing import Callable
 
 from .base import Aggregator
-from .cost import Periodic, periodic_support
+from .cost import Periodic, Subsampled, periodic_support
 
-#: the cost knob every Gram-matrix method takes (``aggregators.cost``), with its default
-COST_KNOBS = {"every": 1}
+#: the cost knobs every Gram-matrix method takes (``aggregators.cost``), with their defaults
+#: (tasks_per_step None: every task)
+COST_KNOBS = {"every": 1, "tasks_per_step": None}
 
 _REGISTRY: dict[str, Callable[..., Aggregator]] = {}
 
@@ -89,6 +90,8 @@ def make(name: str, num_tasks: int, **hparams) -> Aggregator:
         )
     knobs = {k: hparams.pop(k) for k in COST_KNOBS if k in hparams}
     agg = target(num_tasks, **hparams)
-    every = knobs.get("every", 1)
+    every, m = knobs.get("every", 1), knobs.get("tasks_per_step")
+    if m is not None:
+        agg = Subsampled(agg, m)
     plain = isinstance(every, int) and not isinstance(every, bool) and every == 1
     return agg if plain else Periodic(agg, every)

@@ -121,7 +121,7 @@ def test_zero_mean_gradient_and_large_c():
 
 
 def test_presets_and_validation():
-    assert aggregators.hyperparameters("cagrad") == {"c": 0.5, "every": 1}
+    assert aggregators.hyperparameters("cagrad") == {"c": 0.5, "every": 1, "tasks_per_step": None}
     assert aggregators.preset("cagrad", "mt10") == {"c": 0.9}
     assert aggregators.make("cagrad", 3, **aggregators.preset("cagrad", "nyuv2")).c == 0.4
     for bad in (-0.1, float("nan"), float("inf"), "x"):

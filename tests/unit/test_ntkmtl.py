@@ -204,7 +204,7 @@ def test_reference_presets():
 
 
 def test_defaults_and_validation():
-    assert aggregators.hyperparameters("ntkmtl") == {"ntk_exp": 0.5, "every": 1}
+    assert aggregators.hyperparameters("ntkmtl") == {"ntk_exp": 0.5, "every": 1, "tasks_per_step": None}
     assert aggregators.make("ntkmtl", 3).state_dict().keys() <= {"_extra_state"}
     for bad in (-0.5, float("nan"), float("inf"), "x"):
         with pytest.raises(ValueError, match="ntk_exp"):

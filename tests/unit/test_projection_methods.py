@@ -301,7 +301,7 @@ def test_gradvac_hyperparameter_validation():
     for beta in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="beta"):
             aggregators.make("gradvac", 3, beta=beta)
-    assert aggregators.hyperparameters("gradvac") == {"beta": 0.5, "seed": 0, "every": 1}
+    assert aggregators.hyperparameters("gradvac") == {"beta": 0.5, "seed": 0, "every": 1, "tasks_per_step": None}
 
 
 # ------------------------------------------------------------------------------ GradDrop

@@ -62,6 +62,9 @@ PROPERTIES: dict[str, set] = {
     "db_mtl": {STRUCTURE, PERMUTATION_INVARIANT, LINEAR},
     "dwa": LOSS_ONLY | {PERMUTATION_INVARIANT},
     # Ban & Ji, ICML 2024: M w = w^(-1/alpha), w > 0, so g_i . d = w_i^(-1/alpha) > 0.
+    # He et al., ICML 2024 (ExcessMTL): fresh, the first call only records the excess-risk
+    # baseline and keeps alpha = 1, so d = sum_i g_i (linear, order-free, may conflict).
+    "excess_mtl": BASE | {PERMUTATION_INVARIANT, LINEAR},
     "fairgrad": BASE | {NON_CONFLICTING, PERMUTATION_INVARIANT, ALPHA_FAIR_2},
     "famo": LOSS_ONLY | {PERMUTATION_INVARIANT},
     # Chen et al., NeurIPS 2020, eqs. 1-2: per coordinate, the sum of one sign's entries,
@@ -70,6 +73,9 @@ PROPERTIES: dict[str, set] = {
     "graddrop": {STRUCTURE, PERMUTATION_INVARIANT, LINEAR},
     # Chen et al., ICML 2018: the weights k softmax(s) are the current logits' (s is only
     # updated by the trainer's optimiser), independent of this call's gradients.
+    # Shen et al., NeurIPS 2024 (GO4Align): w from the losses only (indicator s_i p_i, exact
+    # 1-D K-means on it), the same for every task order.
+    "go4align": LOSS_ONLY | {PERMUTATION_INVARIANT},
     "gradnorm": BASE | {PERMUTATION_INVARIANT, LINEAR, GRADIENT_INDEPENDENT_WEIGHTS},
     # Wang et al., ICLR 2021: random partner orders (not permutation-invariant for k > 2
     # with one seed) and an EMA target cosine that may be negative (no non-conflict).

@@ -77,7 +77,7 @@ def test_reset_returns_to_the_initial_state(name):
         assert torch.allclose(da, db, rtol=1e-10, atol=1e-12)
 
 
-LOSS_ONLY = ("dwa", "famo", "ls", "pi_dwa", "pi_ls", "pi_rlw", "pi_uw", "rlw", "si", "stch", "uw")
+LOSS_ONLY = ("dwa", "famo", "go4align", "ls", "pi_dwa", "pi_ls", "pi_rlw", "pi_uw", "rlw", "si", "stch", "uw")
 
 
 def test_the_loss_only_methods_are_the_documented_ones():

@@ -301,7 +301,7 @@ def test_reference_presets():
 
 def test_defaults_and_validation():
     assert aggregators.hyperparameters("sdmgrad") == {
-        "lam": 0.3, "niter": 20, "lr": 10.0, "momentum": 0.5, "scale_eps": 0.0, "every": 1}
+        "lam": 0.3, "niter": 20, "lr": 10.0, "momentum": 0.5, "scale_eps": 0.0, "every": 1, "tasks_per_step": None}
     for bad in ({"lam": -0.1}, {"lam": float("nan")}, {"lam": "x"}, {"niter": 0}, {"niter": 2.5},
                 {"niter": True}, {"lr": 0.0}, {"lr": -1.0}, {"momentum": 1.0}, {"momentum": -0.1},
                 {"scale_eps": -1e-4}, {"scale_eps": float("inf")}):
