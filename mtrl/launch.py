@@ -76,10 +76,12 @@ def register_aggregator_configs() -> None:
         store.store(group="aggregator", name=setting, node={"name": method, SETTING: setting})
 
 
-def compose(config_name: str, overrides: list[str]) -> dict:
+def compose(config_name: str, overrides: list[str], resolve: bool = False) -> dict:
     """The config ``config_name`` composed with ``overrides`` outside ``@hydra.main`` (a
-    benchmark script, a notebook), unresolved and without its ``hydra`` section; the
-    registry's aggregator configs are in the store (importing this module put them there)."""
+    benchmark script, a notebook), without its ``hydra`` section; the registry's aggregator
+    configs are in the store (importing this module put them there).  ``resolve``: with
+    its interpolations resolved (``aggregator_preset: ${benchmark.name}``), as the CLI
+    hands a run its config."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -88,7 +90,7 @@ def compose(config_name: str, overrides: list[str]) -> dict:
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = OmegaConf.to_container(hydra_compose(config_name, overrides=overrides), resolve=False)
     cfg.pop("hydra", None)
-    return cfg
+    return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True) if resolve else cfg
 
 
 def aggregator_choices() -> list[str]:

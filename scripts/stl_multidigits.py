@@ -34,8 +34,7 @@ from mtrl.supervised.data.digits import TASKS  # noqa: E402
 def stl_config(task: str, seed: int, overrides: list[str] = ()) -> dict:
     """The composed run config of one single-task run (LS, CPU)."""
     cfg = launch.compose("supervised", ["benchmark=multidigits", "aggregator=ls", f"+benchmark.tasks=[{task}]",
-                                        f"seed={seed}", "device=cpu", *overrides])
-    cfg["aggregator_preset"] = cfg["benchmark"]["name"]   # the ${benchmark.name} the CLI resolves
+                                        f"seed={seed}", "device=cpu", *overrides], resolve=True)
     return cfg
 
 
