@@ -17,6 +17,7 @@ Order (every check before any file of the run is touched):
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -104,6 +105,35 @@ def job_overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
     return list(HydraConfig.get().overrides.task)
+
+
+def share_cpus(launcher) -> None:
+    """Under the local (joblib) launcher, give each of the n_jobs parallel runs its share of
+    the cores instead of letting every run's torch use all of them."""
+    import torch
+
+    n_jobs = int(launcher.get("n_jobs", 1) or 1) if "n_jobs" in launcher else 1
+    cpus = os.cpu_count() or 1
+    if n_jobs < 0:
+        n_jobs = cpus
+    torch.set_num_threads(max(1, cpus // max(n_jobs, 1)))
+
+
+def hydra_job(cfg, policy: KeyPolicy) -> tuple[str, bool, list[str], dict]:
+    """What a training script's Hydra task function starts from: (run directory, whether
+    this is a sweep, the job's overrides, the resolved config with its metadata).  In a
+    sweep each run first takes its share of the cores (``share_cpus``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    hc = HydraConfig.get()
+    sweep = hc.mode == RunMode.MULTIRUN
+    if sweep:
+        share_cpus(hc.launcher)
+    overrides = job_overrides()
+    config = with_metadata(OmegaConf.to_container(cfg, resolve=True), overrides, policy)
+    return hc.runtime.output_dir, sweep, overrides, config
 
 
 def with_metadata(config: dict, overrides: list[str], policy: KeyPolicy) -> dict:

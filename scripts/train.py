@@ -23,7 +23,6 @@ the error in its ``status.json`` and the other runs go on.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -51,38 +50,16 @@ def check_group_choices(argv: list[str], groups: tuple[str, ...] = GROUPS) -> No
                 raise SystemExit(2)
 
 
-def share_cpus(launcher) -> None:
-    """Under the local (joblib) launcher, give each of the n_jobs parallel runs its share of
-    the cores instead of letting every run's torch use all of them."""
-    import torch
-
-    n_jobs = int(launcher.get("n_jobs", 1) or 1) if "n_jobs" in launcher else 1
-    cpus = os.cpu_count() or 1
-    if n_jobs < 0:
-        n_jobs = cpus
-    torch.set_num_threads(max(1, cpus // max(n_jobs, 1)))
-
-
 def main() -> None:
     import hydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
 
     from mtrl.run_identity import RL_KEYS
 
     @hydra.main(config_path=str(CONFIGS), config_name="train", version_base="1.3")
     def run(cfg) -> None:
-        from hydra.types import RunMode
-
         from mtrl.trainer import NonFiniteError, Trainer, format_success_table, prepare_config
 
-        hc = HydraConfig.get()
-        run_dir = hc.runtime.output_dir
-        sweep = hc.mode == RunMode.MULTIRUN
-        if sweep:
-            share_cpus(hc.launcher)
-        overrides = launch.job_overrides()
-        config = launch.with_metadata(OmegaConf.to_container(cfg, resolve=True), overrides, RL_KEYS)
+        run_dir, sweep, overrides, config = launch.hydra_job(cfg, RL_KEYS)
 
         def train(config: dict) -> None:
             trainer = Trainer(config, run_dir)

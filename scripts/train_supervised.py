@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from train import check_group_choices, share_cpus  # noqa: E402  (scripts/train.py)
+from train import check_group_choices  # noqa: E402  (scripts/train.py)
 
 from mtrl import launch  # noqa: E402  (registers ${run_name:...}; a global of the task function, so sweep
                          # workers that unpickle it import it too)
@@ -35,9 +35,6 @@ CONFIGS = ROOT / "configs"
 
 def main() -> None:
     import hydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from omegaconf import OmegaConf
 
     from mtrl.run_identity import SUPERVISED_KEYS
 
@@ -47,13 +44,7 @@ def main() -> None:
         from mtrl.supervised.data.errors import DataError, DatasetNotFound
         from mtrl.supervised.trainer import SupervisedTrainer, prepare_config
 
-        hc = HydraConfig.get()
-        run_dir = hc.runtime.output_dir
-        sweep = hc.mode == RunMode.MULTIRUN
-        if sweep:
-            share_cpus(hc.launcher)
-        config = launch.with_metadata(OmegaConf.to_container(cfg, resolve=True), launch.job_overrides(),
-                                        SUPERVISED_KEYS)
+        run_dir, sweep, _, config = launch.hydra_job(cfg, SUPERVISED_KEYS)
 
         def train(config: dict) -> None:
             trainer = SupervisedTrainer(config, run_dir)
