@@ -13,8 +13,9 @@ from torch import Tensor
 from .base import GramWeighting
 from .qp import ZERO_REL, host_gram, to_device
 from .registry import register
+from .solvers import jacobi_eigh, on_device
 
-__all__ = ["AlignedMTL", "balance_matrix"]
+__all__ = ["AlignedMTL", "balance_matrix", "balance_matrix_device"]
 
 
 def balance_matrix(gram: np.ndarray, eps: float) -> tuple[np.ndarray, float, int]:
@@ -64,6 +65,92 @@ def balance_matrix(gram: np.ndarray, eps: float) -> tuple[np.ndarray, float, int
     return b, sigma_min ** 2, int(keep.sum())
 
 
+def _cosine_rank(cos: Tensor, live: Tensor, tol: float) -> Tensor:
+    """The rank :func:`balance_matrix` finds: the number of pivots ``> tol`` of a
+    diagonally pivoted Cholesky factorisation of the unit-diagonal cosine matrix of the
+    ``live`` tasks (its lower triangle), in torch with k fixed steps and no host read
+    (a 0-dim int64).  The steps follow LAPACK ``dpstf2`` (left-looking: the pivot is the
+    largest ``C_ii - sum_t L_it^2``, the factorisation stops at the first pivot
+    ``<= tol``), so that the decision at the rounding level agrees with the host's as
+    often as rounding allows."""
+    k = cos.shape[0]
+    low = torch.tril(cos)
+    sym = low + torch.tril(cos, -1).T
+    diag = sym.diagonal()
+    free = live.clone()
+    going = torch.ones((), dtype=torch.bool, device=cos.device)
+    rank = torch.zeros((), dtype=torch.int64, device=cos.device)
+    idx = torch.arange(k, device=cos.device)
+    fac = torch.zeros_like(cos)   # column t: the t-th column of L (rows: tasks)
+    work = torch.zeros_like(diag)
+    for t in range(k):
+        left = torch.where(free, diag - work, torch.full_like(diag, -torch.inf))
+        p = left.argmax()
+        piv = left.max()
+        going = going & (piv > tol)
+        others = free & (idx != p)
+        row_p = fac.index_select(0, p.reshape(1))[0]
+        inv = 1.0 / torch.where(going, piv, torch.ones_like(piv)).sqrt()
+        col = (sym.index_select(1, p.reshape(1))[:, 0] - fac @ row_p) * inv
+        col = torch.where(others & going, col, torch.zeros_like(col))
+        fac = fac + col[:, None] * (idx == t).to(cos.dtype)[None, :]
+        work = work + col * col
+        free = others
+        rank = rank + going.to(torch.int64)
+    return rank
+
+
+def balance_matrix_device(gram: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(B, lambda_min)`` of :func:`balance_matrix` in torch on ``gram``'s device, with a
+    fixed amount of work and no host read (``lambda_min`` a 0-dim tensor).
+
+    The eigendecomposition ``M = V Lambda V^T`` comes from cyclic Jacobi
+    (:func:`aggregators.solvers.jacobi_eigh`, a fixed number of sweeps) on ``M`` scaled to
+    unit maximum diagonal, with the zero-gradient tasks' rows and columns set to 0 (their
+    ``e_i`` stay eigenvectors with eigenvalue 0 and are dropped, so ``B`` is 0 on them).
+    Jacobi keeps the relative accuracy of the small eigenvalues of a graded ``M = D C D``
+    (Demmel & Veselic 1992), which the host form gets from its graded Cholesky factor:
+    both resolve gradient norms over many orders of magnitude.
+
+    Rank: decided as on the host, by the pivots of a pivoted Cholesky factorisation of the
+    cosine matrix ``C`` with the tolerance ``k eps`` (:func:`_cosine_rank`), so that it
+    does not depend on the gradient norms.  The ``k - rank`` eigenpairs dropped are those
+    with the smallest ``lambda_j / sum_i V_ij^2 M_ii = ||sum_i V_ij g_i||^2 /
+    sum_i V_ij^2 ||g_i||^2`` (how nearly that combination of the gradients cancels,
+    independent of the norms).  A cut of that ratio (or of ``lambda_j / lambda_max``) at
+    ``k eps`` does not work: on exactly dependent gradients with graded norms, Jacobi's
+    rounding leaves the zero eigenvalues at ``~eps sqrt(M_ii M_jj)`` of the large and
+    small tasks it rotated together, a ratio far above ``eps`` (1e-13 with norms over
+    six orders of magnitude).  The two forms can then differ only in which directions
+    they keep when a kept direction's ratio is at that rounding level, i.e. for a
+    near-dependence just above the cut in a strongly graded ``M``.
+    """
+    m = gram.detach().to(torch.float64)
+    k = m.shape[0]
+    diag = m.diagonal()
+    mx = diag.max()
+    live = diag > ZERO_REL * mx  # none when mx <= 0
+    both = live[:, None] & live[None, :]
+    s = torch.where(live, diag, torch.ones_like(diag)).sqrt()
+    eye = torch.eye(k, dtype=m.dtype, device=m.device) > 0
+    cos = torch.where(eye, torch.ones_like(m), m / s[:, None] / s[None, :])
+    rank = _cosine_rank(cos, live, k * eps)
+    scale = torch.where(mx > 0, mx, torch.ones_like(mx))
+    m = torch.where(both, m / scale, torch.zeros_like(m))
+    lam, v = jacobi_eigh(0.5 * (m + m.T))
+    weight = (v * v * m.diagonal()[:, None]).sum(0)
+    score = torch.where(weight > 0, lam / torch.where(weight > 0, weight, torch.ones_like(weight)),
+                        torch.full_like(lam, -torch.inf))
+    order = torch.argsort(score, stable=True)
+    place = torch.empty_like(order).scatter_(0, order, torch.arange(k, device=m.device))
+    keep = (place >= k - rank) & (lam > 0)
+    lam_min = torch.where(keep, lam, torch.full_like(lam, torch.inf)).min()
+    ratio = torch.where(keep, (lam_min / torch.where(keep, lam, torch.ones_like(lam))).sqrt(),
+                        torch.zeros_like(lam))
+    lam_min = torch.where(keep.any(), lam_min * scale, torch.zeros_like(lam_min))
+    return (v * ratio) @ v.T, lam_min
+
+
 @register("aligned_mtl")
 class AlignedMTL(GramWeighting):
     """Aligned-MTL (Senushkin et al., CVPR 2023, sec. 5, eq. 5, Alg. 1).
@@ -97,8 +184,11 @@ class AlignedMTL(GramWeighting):
     shared representation ``z`` (eqs. 6-7); trainers then back-propagate
     ``sum_i alpha_i l_i`` through ``z`` (one backward).  No separate registry entry.
 
-    Stateless apart from ``preferences`` (a buffer).  Runs on the host in float64 (a k x k
-    copy from the GPU: a pivoted Cholesky has no torch counterpart).
+    Stateless apart from ``preferences`` (a buffer).  On the CPU it runs on the host in
+    float64 (:func:`balance_matrix`: LAPACK pivoted Cholesky and SVD).  On a GPU it runs
+    in the device form (:func:`balance_matrix_device`: the host's pivoted-Cholesky rank
+    test and a fixed number of cyclic Jacobi sweeps for the eigenvectors, in torch with
+    no host read; see there for where the two can differ).
     """
 
     def __init__(
@@ -144,10 +234,18 @@ class AlignedMTL(GramWeighting):
         return super().gram_weights(gram, losses)
 
     def weights_from_gram(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
+        if on_device(gram):
+            b, _ = balance_matrix_device(gram, self._eps(gram.dtype))
+            return b @ self.preferences.detach().to(b)
         b, _, _ = balance_matrix(host_gram(gram), self._eps(gram.dtype))
         return to_device(b @ self.preferences.detach().cpu().numpy(), gram)
 
     def balance_matrix(self, gram: Tensor) -> tuple[Tensor, float]:
-        """``(B, lambda_min)`` for ``gram`` (the aligned gradients are ``B @ G``)."""
+        """``(B, lambda_min)`` for ``gram`` (the aligned gradients are ``B @ G``); in the
+        device form where :meth:`weights_from_gram` uses it (``lambda_min`` is then read
+        to the host once)."""
+        if on_device(gram):
+            b, lam_min = balance_matrix_device(gram, self._eps(gram.dtype))
+            return b, float(lam_min)
         b, lam_min, _ = balance_matrix(host_gram(gram), self._eps(gram.dtype))
         return to_device(b, gram), lam_min

@@ -89,6 +89,11 @@ class Aggregator(nn.Module):
     #: buffers shaped at the first call (MoCo's tracked gradients): loading a state dict
     #: first resizes them to the saved shape
     lazy_buffers: ClassVar[tuple[str, ...]] = ()
+    #: keeps per-coordinate statistics of the gradients across calls (MoCo's and DB-MTL's
+    #: tracked gradients, ExcessMTL's accumulated squares): every call's coordinates must
+    #: mean the same thing, which the shared parameters do and a batch's representation
+    #: (the "-UB" / ``mode=rep`` use: one row per sample of that batch) does not
+    coordinate_state: ClassVar[bool] = False
 
     def __init__(self, num_tasks: int):
         super().__init__()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from .base import GramWeighting
 from .qp import host_gram, linear_plus_norm_weights, to_device
 from .registry import register
+from .solvers import linear_plus_norm_weights_device, on_device
 
 __all__ = ["CAGrad"]
 
@@ -41,7 +43,13 @@ class CAGrad(GramWeighting):
     of ``-g0`` onto the cone of the gradients): then ``d = g0 / (1 + c^2)``, the limit
     the reference's guards produce.
 
-    Stateless.  Runs on the host in float64 (a k x k copy from the GPU).
+    Stateless.  On the CPU it runs on the host in float64.  On a GPU it runs in the
+    device form (:func:`aggregators.solvers.linear_plus_norm_weights_device`: a barrier
+    method with a fixed schedule and no host read, on the Gram matrix's device), composed
+    into the weights as above with ``torch.where``: the case ``g_w* = 0`` is the one the
+    device solver reports with norm 0, decided by the host's test (0 in the hull to
+    ``aggregators.qp.ZERO_HULL``, and ``c ||g0||`` at least the length of the projection
+    of ``-g0`` onto the cone of the gradients, to a relative ``1e-9``).
     """
 
     def __init__(self, num_tasks: int, c: float = 0.5):
@@ -55,6 +63,8 @@ class CAGrad(GramWeighting):
         self.c = value
 
     def weights_from_gram(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
+        if on_device(gram):
+            return self._device_weights(gram)
         m = host_gram(gram)
         k = self.num_tasks
         a = np.full(k, 1.0 / k)
@@ -67,8 +77,26 @@ class CAGrad(GramWeighting):
                 weights = weights + (r / gw_norm) * w
         return to_device(weights / (1.0 + self.c ** 2), gram)
 
+    def _device_weights(self, gram: Tensor) -> Tensor:
+        """The host form's weights in torch on ``gram``'s device (no host read)."""
+        m = gram.detach().to(torch.float64)
+        k = self.num_tasks
+        a = torch.full((k,), 1.0 / k, dtype=m.dtype, device=m.device)
+        if self.c == 0:   # a hyper-parameter, not a tensor value: d = g0, no solve
+            return a
+        r = self.c * (a @ m @ a).clamp_min(0).sqrt()  # sqrt(phi)
+        w, gw_norm = linear_plus_norm_weights_device(m, a, r)
+        scaled = (r > 0) & (gw_norm > 0)
+        safe = torch.where(scaled, gw_norm, torch.ones_like(gw_norm))
+        coef = torch.where(scaled, r / safe, torch.zeros_like(r))
+        return (a + coef * w) / (1.0 + self.c ** 2)
+
     def dual_weights(self, gram: Tensor) -> Tensor:
         """``w*`` of the dual problem (simplex weights of ``g_w*``), for diagnostics."""
+        if on_device(gram):
+            m = gram.detach().to(torch.float64)
+            a = torch.full((self.num_tasks,), 1.0 / self.num_tasks, dtype=m.dtype, device=m.device)
+            return linear_plus_norm_weights_device(m, a, self.c * (a @ m @ a).clamp_min(0).sqrt())[0]
         m = host_gram(gram)
         k = self.num_tasks
         a = np.full(k, 1.0 / k)

@@ -50,6 +50,7 @@ class DBMTL(Aggregator):
     needs_positive_losses = True
     state_attributes = ("step",)
     lazy_buffers = ("tracking",)
+    coordinate_state = True
 
     def __init__(self, num_tasks: int, beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8):
         super().__init__(num_tasks)

@@ -61,6 +61,7 @@ class ExcessMTL(Aggregator):
 
     state_attributes = ("step",)
     lazy_buffers = ("grad_sq_sum",)
+    coordinate_state = True
 
     def __init__(self, num_tasks: int, robust_step_size: float = 1e-2, eps: float = 1e-7):
         super().__init__(num_tasks)

@@ -62,6 +62,7 @@ class MoCo(Aggregator):
     needs_losses = True
     state_attributes = ("step",)
     lazy_buffers = ("tracking",)
+    coordinate_state = True
 
     def __init__(
         self,

@@ -29,9 +29,19 @@ no accuracy.
 
 These are active-set methods with data-dependent branching: they run in NumPy on the
 host (float64).  Callers with the Gram matrix on a GPU move the k x k matrix to the host
-(one small copy and one synchronisation per call), except MGDA, which has a device form:
-an interior-point method with a fixed budget
-(:func:`aggregators.solvers.min_norm_weights_device`).  CAGrad and UPGrad have none yet.
+(one small copy and one synchronisation per call), except where a device form exists
+(torch on the Gram matrix's device, a fixed amount of work, no host read).  MGDA's is an
+interior-point method with a fixed budget
+(:func:`aggregators.solvers.min_norm_weights_device`), UPGrad's the same method for its
+k nonnegative QPs at once (:func:`aggregators.solvers.nonneg_qp_device`) and CAGrad's a
+barrier method with a fixed schedule
+(:func:`aggregators.solvers.linear_plus_norm_weights_device`).
+
+The Gram-matrix methods outside these QPs that also have a device form (torch on the
+Gram matrix's device, a fixed amount of work, no host read, used on a GPU): IMTL-G
+(:func:`aggregators.imtl._device_weights`, an iterated ridge least-squares solve of its
+bordered system) and Aligned-MTL (:func:`aggregators.aligned.balance_matrix_device`,
+the host's pivoted-Cholesky rank test and cyclic Jacobi for the eigenvectors).
 """
 
 from __future__ import annotations

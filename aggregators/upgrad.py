@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from .base import GramWeighting
-from .qp import dual_cone_projections, host_gram, to_device
+from .qp import ZERO_REL, dual_cone_projections, host_gram, to_device
 from .registry import register
+from .solvers import nonneg_qp_device, on_device
 
 __all__ = ["UPGrad"]
 
@@ -29,13 +31,29 @@ class UPGrad(GramWeighting):
     a small ridge to it (its ``norm_eps`` / ``reg_eps`` options); this class solves the
     unregularised problem exactly.  Zero-gradient tasks impose no constraint.
 
-    No hyper-parameters; stateless.  Runs on the host in float64 (a k x k copy from the
-    GPU); cost: one NNLS per task whose gradient conflicts with another one.
+    No hyper-parameters; stateless.  On the CPU it runs on the host in float64; cost: one
+    NNLS per task whose gradient conflicts with another one.  On a GPU it runs in the
+    device form (:func:`aggregators.solvers.nonneg_qp_device`: the k problems in one
+    batched interior-point method with a fixed budget and no host read, on the Gram
+    matrix's device); rows without conflict keep ``u = 0`` exactly, as on the host.
     """
 
     def weights_from_gram(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
+        if on_device(gram):
+            return self._device_weights(gram)
         m = host_gram(gram)
         k = self.num_tasks
         u = dual_cone_projections(m)
         w = (np.eye(k) + u).mean(axis=0)
         return to_device(w, gram)
+
+    def _device_weights(self, gram: Tensor) -> Tensor:
+        """The host form's weights in torch on ``gram``'s device (no host read)."""
+        m = gram.detach().to(torch.float64)
+        diag = m.diagonal()
+        live = diag > ZERO_REL * diag.max()
+        # u^(i) = 0 without a solve where g_i conflicts with no (nonzero) gradient
+        conflict = live & ((m < 0) & live[None, :]).any(-1)
+        u = nonneg_qp_device(m, m)   # row i: q = M e_i
+        u = torch.where(conflict[:, None], u, torch.zeros_like(u))
+        return (torch.eye(self.num_tasks, dtype=m.dtype, device=m.device) + u).mean(0)

@@ -72,7 +72,8 @@ def settings(name: str, k: int, keep: set[str] | None = None) -> list[tuple[str,
         if subsample_support(agg) is None:
             rows += [(f"tasks_per_step={m}", {"tasks_per_step": m}, "param")
                      for m in dict.fromkeys((max(1, k // 4), max(1, k // 2)))]
-    rows.append(("rep", {}, "rep"))
+    if not agg.coordinate_state:   # per-coordinate state needs the shared parameters (mode=param)
+        rows.append(("rep", {}, "rep"))
     return rows
 
 

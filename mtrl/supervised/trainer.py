@@ -118,6 +118,9 @@ class SupervisedTrainer:
         except FileNotFoundError as exc:   # model.weights=PATH that is not there
             raise ConfigError(str(exc)) from None
         self.agg = build_aggregator(cfg["aggregator"], k).to(self.device)
+        if self.mode == "rep" and self.agg.coordinate_state:
+            raise ConfigError(f"mode=rep: {self.agg.name} keeps per-coordinate gradient statistics across steps, "
+                              f"and the representation's coordinates are the samples of each batch: use mode=param")
         self.lower_level = self.agg.has_lower_level
         self.after_step = aggregators.needs_after_step(self.agg)
         if self.lower_level and len(self.model.heads) != k:

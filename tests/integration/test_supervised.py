@@ -14,6 +14,7 @@ import aggregators
 from aggregators.performance import performance_weights
 from mtrl.supervised.testing import write_celeba
 from mtrl.supervised.data.errors import DatasetNotFound
+from mtrl.configuration import ConfigError
 from mtrl.supervised.trainer import SupervisedTrainer, selection_score
 from mtrl.supervised.testing import write_qm9
 from supervised_runs import run_config, train_run
@@ -177,6 +178,10 @@ def test_every_aggregator_trains_both_benchmarks(data, tmp_path, single_thread, 
     tasks is checked for ls, pivrg and consmtl above.)"""
     for name in aggregators.available():
         cfg = config(data, bench, name, mode=mode, epochs=1, max_batches=1, diagnostics_every=0)
+        if mode == "rep" and aggregators.make(name, 40).coordinate_state:
+            with pytest.raises(ConfigError, match="use mode=param"):
+                train_run(cfg, tmp_path / name)
+            continue
         tr, res = train_run(cfg, tmp_path / name)
         assert res["selected_epoch"] == 1 and all(map(lambda v: v == v, res["metrics"].values())), name
         assert all(torch.isfinite(p).all() for p in tr.model.parameters()), name
@@ -193,3 +198,16 @@ def test_famo_learns_its_weights_from_the_losses_after_each_step(data, tmp_path)
     tr.train_step(batch)
     assert tr.agg.weights.max() - tr.agg.weights.min() > 1e-6  # no longer uniform
     tr.close()
+
+
+@pytest.mark.parametrize("name", ["moco", "db_mtl", "excess_mtl"])
+def test_per_coordinate_gradient_state_is_refused_on_the_representation(data, tmp_path, name):
+    """MoCo, DB-MTL and ExcessMTL keep statistics per gradient coordinate across steps; on
+    the representation (mode=rep) a coordinate is a sample of one batch, and a smaller
+    last batch changed the shape mid-epoch (the bug: a crash in epoch 1).  mode=rep is one
+    error line before work starts; mode=param trains through a
+    partial last batch (batches of 6)."""
+    with pytest.raises(ConfigError, match=f"mode=rep: {name} keeps per-coordinate"):
+        SupervisedTrainer(config(data, "qm9", name, mode="rep"), tmp_path / "rep")
+    tr, res = train_run(config(data, "qm9", name, mode="param", batch_size=6), tmp_path / "param")
+    assert res["selected_epoch"] >= 1 and all(v == v for v in res["metrics"].values())

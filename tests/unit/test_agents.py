@@ -354,7 +354,8 @@ def test_device_side_skip_refuses_an_aggregator_with_host_state():
         make_agent(aggregators="moco", nonfinite_skip="device")
 
 
-@pytest.mark.parametrize("method", [None, "ls", "pivrg", "fairgrad", "uw", "mgda"])
+@pytest.mark.parametrize("method", [None, "ls", "pivrg", "fairgrad", "uw", "mgda", "cagrad", "upgrad", "imtl_g",
+                                    "aligned_mtl"])
 def test_the_update_reads_nothing_on_the_host_with_the_device_side_skip(method, monkeypatch):
     agent = make_agent(aggregators=method, nonfinite_skip="device")
     agent.update(make_batch(0))   # optimiser state exists
@@ -366,7 +367,7 @@ def test_the_update_reads_nothing_on_the_host_with_the_device_side_skip(method, 
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("method", [None, "ls", "pivrg", "uw"])
+@pytest.mark.parametrize("method", [None, "ls", "pivrg", "uw", "mgda", "cagrad", "upgrad", "imtl_g", "aligned_mtl"])
 def test_the_update_runs_under_cuda_sync_debug_mode_error(method):
     """On a GPU: the whole update (critic, actor, temperature, the aggregators, the
     optimisers, a skipped critic) never synchronises with the host."""
