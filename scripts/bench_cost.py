@@ -158,6 +158,8 @@ def parse_args(argv):
     ap.add_argument("--settings", default=None,
                     help="comma-separated settings to keep (plain, every=5, every=20, tasks_per_step=k/4, "
                          "tasks_per_step=k/2, rep; default all)")
+    ap.add_argument("--shapes", default="multidigits,celeba",
+                    help="comma-separated shapes whose step times are measured (default both)")
     ap.add_argument("--no-train", action="store_true", help="step times only")
     ap.add_argument("--no-timing", action="store_true", help="multidigits runs only")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 methods, 1 seed, 1 epoch, 1 round")
@@ -176,6 +178,9 @@ def parse_args(argv):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag.replace('_', '-')} must be >= 1")
     args.settings = None if args.settings is None else set(args.settings.split(","))
+    args.shapes = [b for b in args.shapes.split(",") if b]
+    if not args.shapes or set(args.shapes) - {"multidigits", "celeba"}:
+        ap.error(f"--shapes must name multidigits and/or celeba, got {','.join(args.shapes)!r}")
     if args.quick:
         args.methods, args.seeds, args.epochs, args.repeats = args.methods[:1] + ["nash_mtl"], args.seeds[:1], 1, 1
     return args
@@ -197,9 +202,11 @@ def main(argv=None) -> int:
     print(f"step times: one thread, mean of {args.repeats} interleaved rounds after {args.warmup} warm-up step(s)")
     times = {"multidigits": {}, "celeba": {}}
     if not args.no_timing:
-        times = {"multidigits": step_times(digits, digits_batch, args.methods, 128, args, out / "timing"),
-                 "celeba": step_times(celeba, celeba_batch(args.celeba_batch), args.methods, args.celeba_batch,
-                                      args, out / "timing")}
+        if "multidigits" in args.shapes:
+            times["multidigits"] = step_times(digits, digits_batch, args.methods, 128, args, out / "timing")
+        if "celeba" in args.shapes:
+            times["celeba"] = step_times(celeba, celeba_batch(args.celeba_batch), args.methods, args.celeba_batch,
+                                         args, out / "timing")
     torch.set_num_threads(threads)
 
     quality: dict[tuple[str, str], list[float]] = {}
