@@ -62,14 +62,28 @@ class CAGrad(GramWeighting):
             raise ValueError(f"CAGrad c must be a finite number >= 0, got {c!r}")
         self.c = value
 
-    def weights_from_gram(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
-        if on_device(gram):
-            return self._device_weights(gram)
-        m = host_gram(gram)
+    def _problem(self, gram: Tensor):
+        """``(M, a, r)`` of the dual, ``a = 1/k`` and ``r = sqrt(phi) = c ||g0||``: float64
+        NumPy on the host, or torch on ``gram``'s device in the device form."""
         k = self.num_tasks
+        if on_device(gram):
+            m = gram.detach().to(torch.float64)
+            a = torch.full((k,), 1.0 / k, dtype=m.dtype, device=m.device)
+            return m, a, self.c * (a @ m @ a).clamp_min(0).sqrt()
+        m = host_gram(gram)
         a = np.full(k, 1.0 / k)
-        g0_sq = max(float(a @ m @ a), 0.0)
-        r = self.c * math.sqrt(g0_sq)  # sqrt(phi)
+        return m, a, self.c * math.sqrt(max(float(a @ m @ a), 0.0))
+
+    def weights_from_gram(self, gram: Tensor, losses: Tensor | None = None) -> Tensor:
+        m, a, r = self._problem(gram)
+        if on_device(gram):
+            if self.c == 0:   # a hyper-parameter, not a tensor value: d = g0, no solve
+                return a
+            w, gw_norm = linear_plus_norm_weights_device(m, a, r)
+            scaled = (r > 0) & (gw_norm > 0)
+            safe = torch.where(scaled, gw_norm, torch.ones_like(gw_norm))
+            coef = torch.where(scaled, r / safe, torch.zeros_like(r))
+            return (a + coef * w) / (1.0 + self.c ** 2)
         weights = a.copy()
         if r > 0:
             w, gw_norm = linear_plus_norm_weights(m, a, r)
@@ -77,30 +91,11 @@ class CAGrad(GramWeighting):
                 weights = weights + (r / gw_norm) * w
         return to_device(weights / (1.0 + self.c ** 2), gram)
 
-    def _device_weights(self, gram: Tensor) -> Tensor:
-        """The host form's weights in torch on ``gram``'s device (no host read)."""
-        m = gram.detach().to(torch.float64)
-        k = self.num_tasks
-        a = torch.full((k,), 1.0 / k, dtype=m.dtype, device=m.device)
-        if self.c == 0:   # a hyper-parameter, not a tensor value: d = g0, no solve
-            return a
-        r = self.c * (a @ m @ a).clamp_min(0).sqrt()  # sqrt(phi)
-        w, gw_norm = linear_plus_norm_weights_device(m, a, r)
-        scaled = (r > 0) & (gw_norm > 0)
-        safe = torch.where(scaled, gw_norm, torch.ones_like(gw_norm))
-        coef = torch.where(scaled, r / safe, torch.zeros_like(r))
-        return (a + coef * w) / (1.0 + self.c ** 2)
-
     def dual_weights(self, gram: Tensor) -> Tensor:
         """``w*`` of the dual problem (simplex weights of ``g_w*``), for diagnostics."""
+        m, a, r = self._problem(gram)
         if on_device(gram):
-            m = gram.detach().to(torch.float64)
-            a = torch.full((self.num_tasks,), 1.0 / self.num_tasks, dtype=m.dtype, device=m.device)
-            return linear_plus_norm_weights_device(m, a, self.c * (a @ m @ a).clamp_min(0).sqrt())[0]
-        m = host_gram(gram)
-        k = self.num_tasks
-        a = np.full(k, 1.0 / k)
-        r = self.c * math.sqrt(max(float(a @ m @ a), 0.0))
+            return linear_plus_norm_weights_device(m, a, r)[0]
         return to_device(linear_plus_norm_weights(m, a, r)[0], gram)
 
     def extra_repr(self) -> str:

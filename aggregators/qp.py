@@ -35,13 +35,9 @@ interior-point method with a fixed budget
 (:func:`aggregators.solvers.min_norm_weights_device`), UPGrad's the same method for its
 k nonnegative QPs at once (:func:`aggregators.solvers.nonneg_qp_device`) and CAGrad's a
 barrier method with a fixed schedule
-(:func:`aggregators.solvers.linear_plus_norm_weights_device`).
-
-The Gram-matrix methods outside these QPs that also have a device form (torch on the
-Gram matrix's device, a fixed amount of work, no host read, used on a GPU): IMTL-G
-(:func:`aggregators.imtl._device_weights`, an iterated ridge least-squares solve of its
-bordered system) and Aligned-MTL (:func:`aggregators.aligned.balance_matrix_device`,
-the host's pivoted-Cholesky rank test and cyclic Jacobi for the eigenvectors).
+(:func:`aggregators.solvers.linear_plus_norm_weights_device`).  IMTL-G and Aligned-MTL,
+which solve no QP, have device forms of their own (:func:`aggregators.imtl._device_weights`,
+:func:`aggregators.aligned.balance_matrix_device`).
 """
 
 from __future__ import annotations
