@@ -23,7 +23,8 @@ from .registry import available, hyperparameters, make, register
 from .presets import preset
 
 # Import every method module so that its @register calls run.
-_INFRASTRUCTURE = {"base", "registry", "solvers", "diagnostics", "performance", "presets", "engine", "cost"}
+_INFRASTRUCTURE = {"base", "registry", "solvers", "diagnostics", "performance", "presets", "engine", "cost",
+                  "distributed"}
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name not in _INFRASTRUCTURE and not _mod.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_mod.name}")

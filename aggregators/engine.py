@@ -97,6 +97,7 @@ from torch import Tensor, nn
 
 from . import diagnostics as diag
 from .base import Aggregator, GramWeighting
+from .distributed import Reducer
 from .registry import make
 
 __all__ = ["backward", "BackwardResult", "task_gradients", "PATHS", "TASK_GRADS", "NONFINITE"]
@@ -168,6 +169,17 @@ class _Call:
     representation: list[Tensor] = field(default_factory=list)
     ok: Tensor | None = None              # "mask": the device flag, all checks so far
     rows: Tensor | None = None            # the tasks drawn this step (tasks_per_step); None: all
+    reducer: Reducer | None = None        # data parallelism: what is all-reduced (aggregators.distributed)
+
+    @property
+    def exact_rows(self) -> bool:
+        """Under a reducer, the per-task gradients themselves are all-reduced (not Gram-only)."""
+        return self.reducer is not None and not self.reducer.gram_only
+
+    def averaged(self, grads) -> list:
+        """Per-shard gradients as the union batch's: their means over the processes (as
+        they are without a reducer)."""
+        return list(grads) if self.reducer is None else self.reducer.mean(list(grads))
 
     @property
     def heads_own(self) -> bool:
@@ -221,7 +233,8 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, shared: n
              heads: Sequence[Iterable[Tensor]] | None = None,
              representation: Tensor | Sequence[Tensor] | None = None,
              low_memory: bool = False, chunk_numel: int = 1 << 22, diagnostics: bool = False,
-             task_names: Sequence[str] | None = None, retain_graph: bool = False) -> BackwardResult:
+             task_names: Sequence[str] | None = None, retain_graph: bool = False,
+             reducer: Reducer | None = None) -> BackwardResult:
     """Fill ``.grad`` with the aggregated update of k losses (see the module docstring).
 
     Args:
@@ -267,6 +280,10 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, shared: n
         task_names: names for a sequence of losses (default "0", "1", ...).
         retain_graph: keep the autograd graph for a further backward, as in
             ``Tensor.backward(retain_graph=True)``.
+        reducer: data parallelism (:class:`aggregators.distributed.Reducer`): each
+            process passes the losses of its shard of the batch, and every process
+            writes the update of the union batch (exactly, or with ``gram_only`` from the
+            mean of the shards' Gram matrices; see :mod:`aggregators.distributed`).
 
     Bad input raises ``ValueError`` naming the task before any ``.grad`` is written.  Bad
     input means: non-scalar losses; a loss reaching no shared parameter; a shared parameter
@@ -281,6 +298,10 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, shared: n
     explicit = task_params is not None
     params, labels = _shared_parameters(shared, allow_empty=explicit)
     feats = _features(features)
+    if reducer is not None:
+        _check_reducer(agg, reducer, feats)
+        global_losses = reducer.mean([loss_vec.detach()])[0]
+        loss_vec = loss_vec + (global_losses - loss_vec.detach())   # the union's values, this shard's gradients
     if low_memory and agg.requires_grads:
         _check_low_memory(agg, feats)
     if not isinstance(chunk_numel, int) or chunk_numel < 1:
@@ -295,7 +316,7 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, shared: n
         _check_records(records, params, len(names))
     lower = heads is not None and agg.has_lower_level
     call = _Call(names, loss_vec, agg, params, others, feats, diagnostics, retain_graph, path,
-                 task_grads == "own", nonfinite, records if path == "split" else [])
+                 task_grads == "own", nonfinite, records if path == "split" else [], reducer=reducer)
     if lower:
         call.heads = _heads(heads, len(names))
         call.representation = _features(representation) if representation is not None else feats
@@ -343,7 +364,7 @@ def task_gradients(losses: Tensor, inputs: Tensor | Sequence[Tensor], *, per_tas
 def _no_shared(call: _Call) -> BackwardResult:
     """A gradient method without shared parameters (per-task temperatures; a network
     without trunk): nothing to aggregate, one backward of ``sum_i l_i``."""
-    grads = _grad(call.losses.sum(), call.others, call.retain_graph)
+    grads = call.averaged(_grad(call.losses.sum(), call.others, call.retain_graph))
     _check_finite(call, None, grads)
     _accumulate(call, call.others, grads)
     zero = torch.zeros((), dtype=torch.float64, device=call.losses.device)
@@ -365,6 +386,7 @@ def _loss_only(call: _Call, chunk_numel: int | None) -> BackwardResult:
     if separate:
         grads += _grad(call.losses.sum(), call.others, call.retain_graph)
         first = first + call.others
+    grads = call.averaged(grads)
     _check_finite(call, None if gram is None else gram.diagonal(), grads)
     _accumulate(call, first, grads)
     norm = _total_norm(grads[:len(call.params)])
@@ -379,10 +401,15 @@ def _full(call: _Call) -> BackwardResult:
     the sum of the blocks' Gram matrices and ``d`` is ``w^T G`` block by block."""
     agg = call.agg
     by_gram = isinstance(agg, GramWeighting) and not agg.needs_graph
-    blocks, own = _task_blocks(call, factored=by_gram)
+    blocks, own = _task_blocks(call, factored=by_gram and call.reducer is None)
+    if call.exact_rows:   # the union's per-task gradients (k x n numbers all-reduced)
+        blocks = [_Rows(r) for r in call.reducer.mean([b.rows for b in blocks])]
     gram = None
     if isinstance(agg, GramWeighting) or call.want_diagnostics:
-        gram = call.padded(functools.reduce(torch.add, [b.gram() for b in blocks]))
+        gram = functools.reduce(torch.add, [b.gram() for b in blocks])
+        if call.reducer is not None and call.reducer.gram_only:
+            gram = call.reducer.mean([gram])[0]
+        gram = call.padded(gram)
     Gd = None if by_gram else _join(blocks).detach()
     _check_finite(call, gram.diagonal() if gram is not None else _row_max(Gd))
     gram, Gd = call.safe(gram, "eye"), call.safe(Gd)
@@ -395,7 +422,9 @@ def _full(call: _Call) -> BackwardResult:
         d = _add_penalty(call, d, _join(blocks), call.params)
         parts = _split_flat(d, call.params)
         norm = torch.linalg.vector_norm(d)
-    others = own if own is not None else _others_grads(call, w)
+    if not call.exact_rows:    # this shard's direction (Gram-only): the mean is the union's
+        parts = call.averaged(parts)
+    others = call.averaged(own if own is not None else _others_grads(call, w))
     _check_finite(call, None, [*others, *parts])
     _accumulate(call, call.params, parts)
     _accumulate(call, call.others, others)
@@ -417,7 +446,7 @@ def _gram_weighted_backward(call: _Call, gram: Tensor) -> BackwardResult:
     """Weights from the (checked) Gram matrix ``M``, then one backward of
     ``sum_i w_i l_i`` fills every gradient (``d = w^T G`` without ``G``)."""
     w = call.agg.gram_weights(gram, call.agg_losses())
-    grads = _weighted_grads(call, w)
+    grads = call.averaged(_weighted_grads(call, w))
     _check_finite(call, None, grads)
     _accumulate(call, [*call.params, *call.others], grads)
     cos = diag.direction_cosines_from_gram(gram, w) if call.want_diagnostics else None
@@ -433,7 +462,12 @@ def _feature_level(call: _Call) -> BackwardResult:
     agg = call.agg
     Gz = _rows(_per_task(call, call.features, agg.needs_graph))
     Gd = Gz.detach()
-    gram = call.padded(Gd @ Gd.T) if isinstance(agg, GramWeighting) or call.want_diagnostics else None
+    gram = None
+    if isinstance(agg, GramWeighting) or call.want_diagnostics:
+        gram = Gd @ Gd.T
+        if call.reducer is not None:   # z's rows are the shards' samples, each 1/R of the union's gradient
+            gram = call.reducer.sum([gram], 1.0 / call.reducer.world ** 2)[0]
+        gram = call.padded(gram)
     _check_finite(call, gram.diagonal() if gram is not None else _row_max(Gd))
     gram, Gd = call.safe(gram, "eye"), call.safe(Gd)
     if isinstance(agg, GramWeighting) and not agg.needs_graph:
@@ -442,7 +476,7 @@ def _feature_level(call: _Call) -> BackwardResult:
     d = _add_penalty(call, d, Gz, call.features)
     trunk = torch.autograd.grad(call.features, call.params, grad_outputs=_split_flat(d, call.features),
                                 retain_graph=True, allow_unused=True)
-    others = _others_grads(call, w)
+    trunk, others = call.averaged(trunk), call.averaged(_others_grads(call, w))
     _check_finite(call, None, [*trunk, *others])
     _accumulate(call, call.params, trunk)
     _accumulate(call, call.others, others)
@@ -460,6 +494,9 @@ def _lower_level(call: _Call, rep_grads: Tensor) -> None:
                               materialize_grads=True)
     extra = torch.autograd.grad(agg.extra_losses(rep_grads).sum(), flat, allow_unused=True,
                                 materialize_grads=True, retain_graph=call.retain_graph)
+    if call.reducer is not None:   # the extra loss is bilinear in the representation gradients (1/R each)
+        own = call.reducer.mean(own)
+        extra = call.reducer.sum(extra, 1.0 / call.reducer.world ** 2)
     offset = 0
     for head in call.heads:
         part = slice(offset, offset + len(head))
@@ -691,9 +728,13 @@ def _chunked_gram(call: _Call, params: list[Tensor], chunk_numel: int | None) ->
     gram = None
     for chunk in _chunks(params, chunk_numel):
         J = _rows(_per_task(call, chunk))
+        if call.exact_rows:
+            J = call.reducer.mean([J])[0]
         part = J @ J.T
         gram = part if gram is None else gram + part.to(gram.dtype)
         del J  # free this chunk before the next one is computed
+    if call.reducer is not None and call.reducer.gram_only:
+        gram = call.reducer.mean([gram])[0]
     return gram
 
 
@@ -916,6 +957,22 @@ def _check_records(records: list, shared: list[Tensor], k: int) -> None:
         if w.shape[-2:] != (y.shape[-1], x.shape[-1]) or not y.requires_grad:
             raise ValueError(f"linear_records[{j}]: weight {tuple(w.shape)} does not map input {tuple(x.shape)} "
                              f"to output {tuple(y.shape)} (or the output has no autograd history)")
+
+
+def _check_reducer(agg: Aggregator, reducer: Reducer, feats: list[Tensor]) -> None:
+    """What data parallelism cannot reproduce: a second-order term through ``G`` (the
+    all-reduce carries no graph), and ``G`` itself where only Gram matrices cross."""
+    if not isinstance(reducer, Reducer):
+        raise ValueError(f"reducer must be an aggregators.distributed.Reducer, got {type(reducer).__name__}")
+    if not agg.requires_grads:
+        return
+    if agg.needs_graph:
+        raise ValueError(f"{agg.name} differentiates through the per-task gradients, which an all-reduce "
+                         "does not carry: it has no data-parallel form; use one process")
+    if not isinstance(agg, GramWeighting) and (feats or reducer.gram_only):
+        where = "at the representation level (mode=rep)" if feats else "with gram_only"
+        raise ValueError(f"{agg.name} needs the per-task gradients themselves, which {where} no process holds "
+                         "whole: use the exact parameter-level mode, or a Gram-matrix method")
 
 
 def _heads(heads, k: int) -> list[list[Tensor]]:

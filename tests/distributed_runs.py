@@ -1,0 +1,108 @@
+"""Data-parallel runs for the tests: a few aggregated steps of a small multi-task model, in
+one process on the whole batch or in R ``gloo`` processes on its shards (rows r, r + R,
+...), and the launcher that spawns the R processes.
+
+The model is float64 so that the comparison with one process is tight (the all-reduce
+changes only the order of the sums)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import aggregators
+from aggregators.distributed import Reducer
+
+K, BATCH, STEPS = 3, 12, 4
+
+
+class TinyMultiTask(nn.Module):
+    """trunk: 5 -> 16 -> 8 (tanh); head i: 8 -> 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh())
+        self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(K))
+
+
+def initial_params() -> dict:
+    """The model's parameters before the first step of :func:`run`."""
+    torch.manual_seed(0)
+    return {n: p.detach().clone() for n, p in TinyMultiTask().double().named_parameters()}
+
+
+def data(batch: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 5, generator=g, dtype=torch.float64)
+    coef = torch.randn(5, K, generator=g, dtype=torch.float64)
+    noise = 0.1 * torch.randn(batch, K, generator=g, dtype=torch.float64)
+    return x, (x @ coef + noise) * torch.tensor([1.0, 3.0, 0.3], dtype=torch.float64)   # three scales
+
+
+def run(method: str, rank: int = 0, world: int = 1, mode: str = "param", gram_only: bool = False,
+        options: dict | None = None, batch: int = BATCH) -> dict:
+    """The model's parameters, the aggregator's state and the logged losses and weights
+    after ``STEPS`` steps (SGD, lr 0.1) of ``method`` on rows ``rank::world`` of the batch
+    (``batch`` rows);
+    ``world > 1`` needs the process group."""
+    torch.manual_seed(0)
+    model = TinyMultiTask().double()
+    agg = aggregators.make(method, K, **(options or {})).double()
+    params = list(model.parameters()) + [p for p in agg.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.1)
+    reducer = Reducer(gram_only=gram_only) if world > 1 else None
+    x, y = data(batch)
+    x, y = x[rank::world], y[rank::world]
+    losses_log, weights_log = [], []
+    for step in range(STEPS):
+        opt.zero_grad(set_to_none=True)
+        z = model.trunk(x)
+        losses = [((head(z).squeeze(1) - y[:, i]) ** 2).mean() for i, head in enumerate(model.heads)]
+        info = aggregators.backward(losses, model.trunk, agg, features=z if mode == "rep" else None,
+                                    heads=[list(h.parameters()) for h in model.heads], representation=z,
+                                    reducer=reducer)
+        opt.step()
+        if agg.uses_performance:   # the same evaluation signal on every process
+            agg.update_performance(torch.tensor([10.0, -5.0 + step, 2.0], dtype=torch.float64))
+        losses_log.append(info.losses.tolist())
+        weights_log.append(None if info.weights is None else info.weights.tolist())
+    return {"params": {n: p.detach().clone() for n, p in model.named_parameters()},
+            "aggregator": {n: v.clone() if isinstance(v, torch.Tensor) else v for n, v in agg.state_dict().items()},
+            "losses": losses_log, "weights": weights_log,
+            "bytes": reducer.bytes if reducer is not None else 0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, cases: list[dict], out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        results = [run(rank=rank, world=world, **case) for case in cases]
+    finally:
+        dist.destroy_process_group()
+    with open(Path(out) / f"rank{rank}.pkl", "wb") as f:
+        pickle.dump(results, f)
+
+
+def run_ranks(cases: list[dict], world: int, out: Path) -> list[list[dict]]:
+    """Every case of ``cases`` (keyword arguments of :func:`run`) in ``world`` gloo
+    processes; per rank, the list of results."""
+    mp.spawn(_worker, args=(world, free_port(), cases, str(out)), nprocs=world, join=True)
+    results = []
+    for rank in range(world):
+        with open(out / f"rank{rank}.pkl", "rb") as f:
+            results.append(pickle.load(f))
+    return results

@@ -1,0 +1,128 @@
+"""Aggregation under data parallelism (aggregators.distributed): two gloo processes on the
+two halves of a batch apply the update of one process on the whole batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import aggregators
+from distributed_runs import BATCH, initial_params, run, run_ranks
+
+EXACT = [  # (method, mode): the issue's five, loss-only and stateful methods, and both levels
+    ("ls", "param"), ("pivrg", "param"), ("nash_mtl", "param"), ("mgda", "param"), ("consmtl", "param"),
+    ("uw", "param"), ("dwa", "param"), ("stch", "param"), ("pcgrad", "param"), ("cagrad", "param"),
+    ("moco", "param"), ("graddrop", "param"), ("fairgrad", "param"),
+    ("pivrg", "rep"), ("mgda", "rep"), ("nash_mtl", "rep"), ("ls", "rep"),
+]
+GRAM_ONLY = ["pivrg", "nash_mtl", "mgda"]
+LARGE = 400   # the Gram-only comparison's batch: its error is the between-shard noise of the gradients
+CASES = ([{"method": m, "mode": mode} for m, mode in EXACT]
+         + [{"method": m, "gram_only": g, "batch": LARGE} for m in GRAM_ONLY for g in (False, True)])
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> dict:
+    """Every case on two ranks, keyed by the case's (method, mode, gram_only)."""
+    results = run_ranks(CASES, world=2, out=tmp_path_factory.mktemp("ranks"))
+    return {_key(c): (results[0][i], results[1][i]) for i, c in enumerate(CASES)}
+
+
+def _key(case: dict) -> tuple:
+    return case["method"], case.get("mode", "param"), case.get("gram_only", False), case.get("batch", BATCH)
+
+
+def _assert_same(a, b, where: str = "state") -> None:
+    """Equal nested state (tensors bit for bit): dicts, lists, tuples, scalars."""
+    assert type(a) is type(b), where
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max(float((a[n] - b[n]).abs().max()) for n in a)
+
+
+@pytest.mark.parametrize("method,mode", EXACT)
+def test_two_ranks_on_half_batches_apply_the_whole_batch_update(two_ranks, method, mode):
+    one = run(method, mode=mode)
+    for rank in two_ranks[(method, mode, False, BATCH)]:
+        assert _max_diff(rank["params"], one["params"]) < 1e-10, method
+        np.testing.assert_allclose(rank["losses"], one["losses"], rtol=1e-10, atol=1e-12)
+        if one["weights"][0] is not None:
+            np.testing.assert_allclose(rank["weights"], one["weights"], rtol=1e-7, atol=1e-9)
+    # the parameters moved: a step that did nothing would also agree
+    assert _max_diff(one["params"], initial_params()) > 1e-3
+
+
+@pytest.mark.parametrize("method,mode", EXACT + [(m, "gram_only") for m in GRAM_ONLY])
+def test_stateful_aggregators_stay_identical_across_ranks(two_ranks, method, mode):
+    key = (method, "param", True, LARGE) if mode == "gram_only" else (method, mode, False, BATCH)
+    a, b = two_ranks[key]
+    _assert_same(a["aggregator"], b["aggregator"])
+    assert torch.equal(torch.cat([p.flatten() for p in a["params"].values()]),
+                       torch.cat([p.flatten() for p in b["params"].values()]))
+
+
+@pytest.mark.parametrize("method", GRAM_ONLY)
+def test_gram_only_approximates_the_exact_update_with_less_traffic(two_ranks, method):
+    one = run(method, batch=LARGE)
+    exact, approx = two_ranks[(method, "param", False, LARGE)][0], two_ranks[(method, "param", True, LARGE)][0]
+    assert _max_diff(exact["params"], one["params"]) < 1e-10
+    moved = _max_diff(one["params"], initial_params())
+    deviation = _max_diff(approx["params"], one["params"])
+    print(f"{method}: gram_only deviates by {deviation:.3g} (the exact update moved the parameters by {moved:.3g})")
+    # the mean of the shards' Gram matrices is not the union's: the update differs, a little
+    assert 1e-12 < deviation < 0.1 * moved, (deviation, moved)
+    assert approx["bytes"] < exact["bytes"]
+
+
+def test_traffic_of_the_exact_mode_is_k_per_task_gradients(two_ranks):
+    """Per step: the k losses, the k x n per-task gradients and the heads' gradients
+    (float64), for a Gram method; a loss-only method all-reduces the losses and one
+    gradient of every parameter."""
+    from distributed_runs import K, STEPS, TinyMultiTask
+    model = TinyMultiTask()
+    n_shared = sum(p.numel() for p in model.trunk.parameters())
+    n_heads = sum(p.numel() for p in model.heads.parameters())
+    per_step = 8 * (K + K * n_shared + n_heads)
+    assert two_ranks[("mgda", "param", False, BATCH)][0]["bytes"] == STEPS * per_step
+    assert two_ranks[("ls", "param", False, BATCH)][0]["bytes"] == STEPS * 8 * (K + n_shared + n_heads)
+
+
+def test_methods_without_a_data_parallel_form_are_refused():
+    import torch.distributed as dist
+    from distributed_runs import free_port
+    import os
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        from aggregators.distributed import Reducer
+        w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+        x = torch.randn(6, 4, dtype=torch.float64)
+        losses = [(x @ w[:, i]).pow(2).mean() for i in range(3)]
+        with pytest.raises(ValueError, match="differentiates through"):
+            aggregators.backward(losses, [w], aggregators.make("cosreg", 3), reducer=Reducer())
+        with pytest.raises(ValueError, match="gram_only"):
+            aggregators.backward(losses, [w], aggregators.make("graddrop", 3), reducer=Reducer(gram_only=True))
+        # one process in the group: the update of no reducer
+        a = aggregators.backward(losses, [w], "mgda", reducer=Reducer(), retain_graph=True)
+        ga = w.grad.clone()
+        w.grad = None
+        b = aggregators.backward(losses, [w], "mgda")
+        assert torch.equal(ga, w.grad) and torch.equal(a.weights, b.weights)
+    finally:
+        dist.destroy_process_group()
