@@ -43,7 +43,25 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Reducer"]
+from .base import Aggregator, GramWeighting
+
+__all__ = ["Reducer", "check_method"]
+
+
+def check_method(agg: Aggregator, gram_only: bool = False, representation: bool = False) -> None:
+    """``ValueError`` for what data parallelism cannot reproduce: a second-order term
+    through ``G`` (the all-reduce carries no graph), and a method that needs ``G`` itself
+    where only Gram matrices cross (``gram_only``) or where no process holds its rows whole
+    (the representation level)."""
+    if not agg.requires_grads:
+        return
+    if agg.needs_graph:
+        raise ValueError(f"{agg.name} differentiates through the per-task gradients, which an all-reduce "
+                         "does not carry: it has no data-parallel form; use one process")
+    if not isinstance(agg, GramWeighting) and (representation or gram_only):
+        where = "at the representation level (mode=rep)" if representation else "with gram_only"
+        raise ValueError(f"{agg.name} needs the per-task gradients themselves, which {where} no process holds "
+                         "whole: use the exact parameter-level mode, or a Gram-matrix method")
 
 
 class Reducer:

@@ -97,7 +97,7 @@ from torch import Tensor, nn
 
 from . import diagnostics as diag
 from .base import Aggregator, GramWeighting
-from .distributed import Reducer
+from .distributed import Reducer, check_method
 from .registry import make
 
 __all__ = ["backward", "BackwardResult", "task_gradients", "PATHS", "TASK_GRADS", "NONFINITE"]
@@ -299,7 +299,9 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, shared: n
     params, labels = _shared_parameters(shared, allow_empty=explicit)
     feats = _features(features)
     if reducer is not None:
-        _check_reducer(agg, reducer, feats)
+        if not isinstance(reducer, Reducer):
+            raise ValueError(f"reducer must be an aggregators.distributed.Reducer, got {type(reducer).__name__}")
+        check_method(agg, reducer.gram_only, representation=bool(feats))
         global_losses = reducer.mean([loss_vec.detach()])[0]
         loss_vec = loss_vec + (global_losses - loss_vec.detach())   # the union's values, this shard's gradients
     if low_memory and agg.requires_grads:
@@ -957,22 +959,6 @@ def _check_records(records: list, shared: list[Tensor], k: int) -> None:
         if w.shape[-2:] != (y.shape[-1], x.shape[-1]) or not y.requires_grad:
             raise ValueError(f"linear_records[{j}]: weight {tuple(w.shape)} does not map input {tuple(x.shape)} "
                              f"to output {tuple(y.shape)} (or the output has no autograd history)")
-
-
-def _check_reducer(agg: Aggregator, reducer: Reducer, feats: list[Tensor]) -> None:
-    """What data parallelism cannot reproduce: a second-order term through ``G`` (the
-    all-reduce carries no graph), and ``G`` itself where only Gram matrices cross."""
-    if not isinstance(reducer, Reducer):
-        raise ValueError(f"reducer must be an aggregators.distributed.Reducer, got {type(reducer).__name__}")
-    if not agg.requires_grads:
-        return
-    if agg.needs_graph:
-        raise ValueError(f"{agg.name} differentiates through the per-task gradients, which an all-reduce "
-                         "does not carry: it has no data-parallel form; use one process")
-    if not isinstance(agg, GramWeighting) and (feats or reducer.gram_only):
-        where = "at the representation level (mode=rep)" if feats else "with gram_only"
-        raise ValueError(f"{agg.name} needs the per-task gradients themselves, which {where} no process holds "
-                         "whole: use the exact parameter-level mode, or a Gram-matrix method")
 
 
 def _heads(heads, k: int) -> list[list[Tensor]]:

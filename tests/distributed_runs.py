@@ -79,6 +79,33 @@ def run(method: str, rank: int = 0, world: int = 1, mode: str = "param", gram_on
             "bytes": reducer.bytes if reducer is not None else 0}
 
 
+def supervised_config(method: str, epochs: int = 1, batch: int = 32, max_batches: int = 3, **train) -> dict:
+    """A short multidigits run (real data, shipped with scikit-learn) of ``method``."""
+    return {"seed": 0, "device": "cpu", "mode": "param", "aggregator_preset": "multidigits",
+            "benchmark": {"name": "multidigits", "_target_": "mtrl.supervised.benchmarks.multidigits.MultiDigitsBenchmark"},
+            "aggregator": {"name": method}, "dist": {"gram_only": False},
+            "train": {"epochs": epochs, "batch_size": batch, "max_batches": max_batches, "lr": 1e-3,
+                      "log_every": 1, "diagnostics_every": 0, **train}}
+
+
+def train_supervised(cfg: dict, run_dir: str, rank: int = 0, world: int = 1) -> dict:
+    """The trainer's final model parameters, aggregator state and evaluation records after
+    ``cfg`` in ``run_dir`` (process ``rank`` of ``world``; the group must be open when
+    ``world > 1``); the trainer resumes a checkpoint it finds there."""
+    from mtrl.distributed import Process
+    from mtrl.supervised.trainer import SupervisedTrainer
+
+    torch.set_num_threads(1)
+    trainer = SupervisedTrainer(cfg, run_dir, process=Process(rank, world))
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return {"params": {n: p.detach().clone() for n, p in trainer.model.named_parameters()},
+            "aggregator": trainer.agg.state_dict(), "evaluations": trainer.evaluations,
+            "bytes": trainer.reducer.bytes if trainer.reducer is not None else 0}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,7 +117,8 @@ def _worker(rank: int, world: int, port: int, cases: list[dict], out: str) -> No
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        results = [run(rank=rank, world=world, **case) for case in cases]
+        results = [train_supervised(case["cfg"], case["run_dir"].format(rank=rank), rank, world) if "cfg" in case
+                   else run(rank=rank, world=world, **case) for case in cases]
     finally:
         dist.destroy_process_group()
     with open(Path(out) / f"rank{rank}.pkl", "wb") as f:
@@ -98,8 +126,9 @@ def _worker(rank: int, world: int, port: int, cases: list[dict], out: str) -> No
 
 
 def run_ranks(cases: list[dict], world: int, out: Path) -> list[list[dict]]:
-    """Every case of ``cases`` (keyword arguments of :func:`run`) in ``world`` gloo
-    processes; per rank, the list of results."""
+    """Every case of ``cases`` (keyword arguments of :func:`run`, or of
+    :func:`train_supervised` where it has ``cfg``; ``{rank}`` in its ``run_dir`` becomes the
+    process's rank) in ``world`` gloo processes; per rank, the list of results."""
     mp.spawn(_worker, args=(world, free_port(), cases, str(out)), nprocs=world, join=True)
     results = []
     for rank in range(world):

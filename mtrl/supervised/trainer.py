@@ -17,6 +17,14 @@ representation z: the engine updates head i with ``grad l_i + clip(grad L_i^extr
 (Prop. 3.1), the extra gradient clipped to ``clip_ratio`` times the task gradient's norm
 on that head (the authors' clip).
 
+Under ``torchrun --nproc_per_node R`` (:mod:`mtrl.distributed`) each process trains on
+its shard of every batch (``train.batch_size`` is the global batch, B / R per process,
+``DistributedSampler``) and the aggregated backward all-reduces what makes every process
+apply the union batch's update (:mod:`aggregators.distributed`: exact by default,
+``dist.gram_only=true`` for the Gram-matrix approximation).  Process 0 evaluates and
+broadcasts the values, so every process feeds the same dm_i to the method; it alone
+writes the run directory.  Checkpoints hold no world size: a run resumes under any.
+
 Once per epoch the selection split (``val``, or ``train`` where the benchmark has none)
 is evaluated: its per-task drops dm_i (PIVRG eq. 3, ``mtrl.metrics``) feed the
 performance-informed aggregators and pick the reported epoch; the test split is
@@ -38,7 +46,10 @@ from tqdm import tqdm
 
 import aggregators
 
+from aggregators.distributed import Reducer, check_method
+
 from .. import config_checks
+from .. import distributed
 from .. import metrics as mtl_metrics
 from ..run_files import CheckpointError, load_checkpoint, save_checkpoint
 from ..host_memory import keep_freed_memory
@@ -48,18 +59,33 @@ from ..run_files import write_json_atomic
 from ..run_identity import SUPERVISED_KEYS, check_continuation
 from .benchmarks.base import Benchmark
 from .data.errors import DataError, DatasetNotFound
-from .registry import build_benchmark
+from .registry import benchmark_metrics, build_benchmark
 
 CHECKPOINT_FORMAT = 2
 MODES = config_checks.SUPERVISED_RULES["mode"].values
 
 
-def prepare_config(cfg: dict) -> dict:
+def prepare_config(cfg: dict, world: int | None = None) -> dict:
     """The checked config a run uses (:func:`mtrl.config_checks.prepare` with the supervised
     rules; the run's benchmark is a valid aggregator preset even where the references
-    publish no values for it); every bad value is a one-line ConfigError."""
+    publish no values for it); every bad value is a one-line ConfigError.  With ``world``
+    processes (default: torchrun's ``WORLD_SIZE``), also what they need: a global batch
+    they share evenly and a method with a data-parallel form."""
     own = (cfg.get("benchmark") or {}).get("name")
-    return config_checks.prepare(cfg, config_checks.SUPERVISED_RULES, known_presets=(own,) if own else ())
+    cfg = config_checks.prepare(cfg, config_checks.SUPERVISED_RULES, known_presets=(own,) if own else ())
+    world = distributed.world_size() if world is None else world
+    if world > 1:
+        batch = int(cfg["train"]["batch_size"])
+        if batch % world:
+            raise ConfigError(f"train.batch_size={batch} is the global batch and must be a multiple of the "
+                              f"{world} processes (each takes batch_size / {world})")
+        k = len({m.task for m in benchmark_metrics(cfg["benchmark"])})
+        try:
+            check_method(build_aggregator(cfg["aggregator"], k), bool((cfg.get("dist") or {}).get("gram_only")),
+                         representation=cfg.get("mode") == "rep")
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (this run has {world} processes)") from None
+    return cfg
 
 
 def delta_m_report(values: dict[str, float], bench: Benchmark) -> dict:
@@ -85,16 +111,22 @@ def selection_score(values: dict[str, float], bench: Benchmark) -> tuple[float, 
 class SupervisedTrainer:
     """Train ``cfg["benchmark"]`` with ``cfg["aggregator"]`` (see ``configs/supervised.yaml``)."""
 
-    def __init__(self, cfg: dict, run_dir: str | Path, benchmark: Benchmark | None = None):
-        cfg = prepare_config(copy.deepcopy(cfg))
+    def __init__(self, cfg: dict, run_dir: str | Path, benchmark: Benchmark | None = None,
+                 process: distributed.Process | None = None):
+        self.process = process or distributed.Process()
+        cfg = prepare_config(copy.deepcopy(cfg), self.process.world)
         keep_freed_memory()
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.seed = int(cfg["seed"])
         self.device = resolve_device(str(cfg.get("device", "auto")))
+        if self.process.parallel and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.process.local_rank)
         t = cfg["train"]
         self.epochs = int(t["epochs"])
         self.batch_size = int(t["batch_size"])
+        #: each process's share of a batch (prepare_config checked that it divides)
+        self.shard_batch = self.batch_size // self.process.world
         self.eval_batch_size = int(t.get("eval_batch_size") or self.batch_size)
         self.max_batches = t.get("max_batches")
         self.log_every = int(t.get("log_every", 50))
@@ -118,6 +150,10 @@ class SupervisedTrainer:
         except FileNotFoundError as exc:   # model.weights=PATH that is not there
             raise ConfigError(str(exc)) from None
         self.agg = build_aggregator(cfg["aggregator"], k).to(self.device)
+        #: what the aggregated backward all-reduces (None: one process)
+        self.reducer = None
+        if self.process.parallel:
+            self.reducer = Reducer(gram_only=bool((cfg.get("dist") or {}).get("gram_only", False)))
         if self.mode == "rep" and self.agg.coordinate_state:
             raise ConfigError(f"mode=rep: {self.agg.name} keeps per-coordinate gradient statistics across steps, "
                               f"and the representation's coordinates are the samples of each batch: use mode=param")
@@ -146,9 +182,13 @@ class SupervisedTrainer:
         self.changed: list[tuple[str, object, object]] = []
         if resumed:
             self._restore(load_checkpoint(self.ckpt_path))
-        self.log = RunLogger(self.run_dir, resume_step=self.epoch if resumed else None,
-                             evaluations=self.evaluations if resumed else None)
-        self.log.save_config(self.cfg, self.epoch, self.changed)
+        distributed.broadcast_state(self.model, self.process)   # replicas start equal
+        #: process 0's log of the run directory (None on the other processes: they write nothing)
+        self.log = None
+        if self.process.main:
+            self.log = RunLogger(self.run_dir, resume_step=self.epoch if resumed else None,
+                                 evaluations=self.evaluations if resumed else None)
+            self.log.save_config(self.cfg, self.epoch, self.changed)
         self.resumed = resumed
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -197,12 +237,14 @@ class SupervisedTrainer:
         last = self._last_layer_grads(losses) if diag else None
         info = aggregators.backward(list(losses), shared, self.agg, features=z if self.mode == "rep" else None,
                                     diagnostics=diag, task_names=names, per_task=self.per_task,
-                                    task_grads=self.task_grads, heads=self.heads, representation=z)
+                                    task_grads=self.task_grads, heads=self.heads, representation=z,
+                                    reducer=self.reducer)
         self.last_layer = None if last is None else _last_layer_scalars(last, names)
         self.optimizer.step()
-        if self.after_step:  # FAMO: the losses of the updated model on the same batch
+        if self.after_step:  # FAMO: the losses of the updated model on the same batch (the union's)
             with torch.no_grad():
-                self.agg.after_step(self.bench.task_losses(self.model(self.bench.inputs(batch)), batch))
+                after = self.bench.task_losses(self.model(self.bench.inputs(batch)), batch)
+                self.agg.after_step(after if self.reducer is None else self.reducer.mean([after])[0])
         self.last_outputs = [o.detach() for o in outputs]
         return info
 
@@ -237,13 +279,15 @@ class SupervisedTrainer:
         while self.epoch < self.epochs:
             t0 = time.perf_counter()
             train_state = self.bench.train_metric_state()
-            loader = self.bench.loader("train", self.batch_size, shuffle=True, seed=self.seed * 100_003 + self.epoch)
+            shard = (self.process.rank, self.process.world) if self.process.parallel else None
+            loader = self.bench.loader("train", self.shard_batch, shuffle=True, seed=self.seed * 100_003 + self.epoch,
+                                       shard=shard)
             n = len(loader) if self.max_batches is None else min(len(loader), int(self.max_batches))
             losses_sum = torch.zeros(self.bench.num_tasks, dtype=torch.float64, device=self.device)
             weights_sum = torch.zeros(self.bench.num_tasks, dtype=torch.float64, device=self.device)
             weighted_steps = 0
             bar = tqdm(loader, total=n, desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="batch",
-                       dynamic_ncols=True, mininterval=1.0, leave=False)
+                       dynamic_ncols=True, mininterval=1.0, leave=False, disable=not self.process.main)
             for i, batch in enumerate(bar):
                 if i >= n:
                     break
@@ -255,16 +299,21 @@ class SupervisedTrainer:
                     weights_sum += info.weights.detach().to(device=self.device, dtype=torch.float64)
                     weighted_steps += 1
                 self.step += 1
+                if self.log is None:
+                    continue
                 if self.step % self.log_every == 0 or info.diagnostics is not None:
                     self.log.scalars({f"train/{k}": v for k, v in info.log_dict().items()}, self.step)
                 if self.last_layer is not None:
                     self.log.scalars({f"train/{k}": v for k, v in self.last_layer.items()}, self.step)
             bar.close()
             self.agg.end_epoch()
-            values = {"train": train_state.compute()}
-            for split in ("val", "test"):
-                if split in self.bench.splits and split != "train":
-                    values[split] = self.evaluate(split)
+            values = None
+            if self.process.main:   # process 0's shard for the training metrics, whole splits for the others
+                values = {"train": train_state.compute()}
+                for split in ("val", "test"):
+                    if split in self.bench.splits and split != "train":
+                        values[split] = self.evaluate(split)
+            values = distributed.broadcast(values, self.process)
             dm, dm_i = selection_score(values[sel], self.bench)
             self._feed_performance(dm_i)
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -293,6 +342,8 @@ class SupervisedTrainer:
             if self.agg.uses_performance:
                 record["omega"] = self.agg.omega.detach().cpu().tolist()
             self.evaluations.append(record)
+            if self.log is None:
+                continue
             self.log.evaluation(record)
             self.log.scalars({f"{sel}/delta_m": dm, **{f"{sel}/delta_m_i/{t}": v for t, v in dm_i.items()},
                               **{f"{s}/{m}": v for s, vals in values.items() for m, v in vals.items()}}, self.epoch)
@@ -300,8 +351,9 @@ class SupervisedTrainer:
             print(f"epoch {self.epoch}: {sel} dm% {dm:+.2f}" + (f", test dm% {record['test_delta_m']:+.2f}"
                                                               if "test" in record else ""))
         results = self.results()
-        write_json_atomic(self.run_dir / "results.json", results)
-        self.log.save_status("finished", self.epoch)
+        if self.log is not None:
+            write_json_atomic(self.run_dir / "results.json", results)
+            self.log.save_status("finished", self.epoch)
         return results
 
     def results(self) -> dict:
@@ -322,7 +374,8 @@ class SupervisedTrainer:
                 **report, "metrics": test, **delta_m_report(test, self.bench)}
 
     def close(self) -> None:
-        self.log.close()
+        if self.log is not None:
+            self.log.close()
 
 
 def _last_layer_scalars(last: tuple[torch.Tensor, list], names) -> dict[str, float]:

@@ -126,3 +126,52 @@ def test_methods_without_a_data_parallel_form_are_refused():
         assert torch.equal(ga, w.grad) and torch.equal(a.weights, b.weights)
     finally:
         dist.destroy_process_group()
+
+
+# -- the supervised trainer under two processes ----------------------------------------------
+
+TRAINER_METHODS = ["ls", "pivrg", "nash_mtl", "mgda", "consmtl"]
+
+
+@pytest.fixture(scope="module")
+def trainer_runs(tmp_path_factory) -> dict:
+    """Two epochs of 3 batches of 32 on multidigits per method: one process, and two
+    processes of 16 each; then a run of one epoch on two processes resumed by one."""
+    from distributed_runs import supervised_config, train_supervised
+    base = tmp_path_factory.mktemp("trainer")
+    # each process is handed its own directory here, to show that only process 0 writes
+    cases = [{"cfg": supervised_config(m, epochs=2), "run_dir": str(base / f"two-{m}-{{rank}}")}
+             for m in TRAINER_METHODS]
+    cases.append({"cfg": supervised_config("pivrg", epochs=1), "run_dir": str(base / "resume")})
+    two = run_ranks(cases, world=2, out=base)
+    one = {m: train_supervised(supervised_config(m, epochs=2), str(base / f"one-{m}")) for m in TRAINER_METHODS}
+    resumed = train_supervised(supervised_config("pivrg", epochs=2), str(base / "resume"))
+    torch.manual_seed(0)
+    from mtrl.supervised.benchmarks.multidigits import MultiDigitsBenchmark
+    initial = {n: p.detach().clone() for n, p in MultiDigitsBenchmark().build_model().named_parameters()}
+    return {"initial": initial, "two": {m: (two[0][i], two[1][i]) for i, m in enumerate(TRAINER_METHODS)}, "one": one,
+            "resumed": resumed, "base": base}
+
+
+@pytest.mark.parametrize("method", TRAINER_METHODS)
+def test_the_trainer_on_two_processes_trains_as_one_process(trainer_runs, method):
+    one = trainer_runs["one"][method]
+    assert _max_diff(one["params"], trainer_runs["initial"]) > 1e-3
+    for rank in trainer_runs["two"][method]:
+        assert _max_diff(rank["params"], one["params"]) < 1e-5, method
+        _assert_same(rank["aggregator"], trainer_runs["two"][method][0]["aggregator"])
+        assert [e["val_delta_m"] for e in rank["evaluations"]] == pytest.approx(
+            [e["val_delta_m"] for e in one["evaluations"]], abs=1e-3)
+
+
+def test_rank_zero_alone_writes_the_run_directory(trainer_runs):
+    two = trainer_runs["base"] / "two-pivrg-0"
+    assert not (trainer_runs["base"] / "two-pivrg-1").exists()
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in (trainer_runs["base"] / "one-pivrg").iterdir())
+    assert len((two / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_two_process_run_resumes_in_one_process(trainer_runs):
+    resumed, one = trainer_runs["resumed"], trainer_runs["one"]["pivrg"]
+    assert [e["epoch"] for e in resumed["evaluations"]] == [1, 2]
+    assert _max_diff(resumed["params"], one["params"]) < 1e-5

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Protocol
 
 import torch
 from torch import Tensor
+from torch.utils.data import DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from ..models.base import MultiTaskModel
 
@@ -75,8 +76,10 @@ class Benchmark(ABC):
         the run checks use."""
 
     @abstractmethod
-    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0) -> Iterable:
-        """Batches of one split (a seeded order when ``shuffle``)."""
+    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0,
+               shard: tuple[int, int] | None = None) -> Iterable:
+        """Batches of one split (a seeded order when ``shuffle``); ``shard=(r, R)``: process
+        r's share of each of the R processes' batches (:func:`sample_order`)."""
 
     @abstractmethod
     def to_device(self, batch: Any, device: torch.device) -> Any:
@@ -107,3 +110,17 @@ class Benchmark(ABC):
     def selection_value(self, values: dict[str, float], delta_m: float) -> float:
         """What the reported epoch minimises on the selection split: dm% by default."""
         return delta_m
+
+
+def sample_order(data, shuffle: bool, seed: int, shard: tuple[int, int] | None = None) -> Sampler:
+    """The order of a split's samples: a permutation drawn from a generator seeded with
+    ``seed`` (``shuffle``) or the stored order.  With ``shard=(r, R)`` and R > 1, process
+    r's share of it (``DistributedSampler``: the same permutation, padded to a multiple of
+    R by repeating its first samples, every R-th sample from r): the union of the R
+    processes' j-th batches of b samples is the one-process j-th batch of R b samples."""
+    if shard is not None and shard[1] > 1:
+        rank, world = shard
+        return DistributedSampler(data, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+    if shuffle:
+        return RandomSampler(data, generator=torch.Generator().manual_seed(seed))
+    return SequentialSampler(data)

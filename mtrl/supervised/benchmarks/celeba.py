@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from ..data.celeba import ATTRIBUTES, SPLIT_CODES, CelebASplit, find_files, read_attributes, read_partition
 from ..models.celeba_cnn import CelebACNN
 from ..tasks.classification import MultiLabelF1
-from .base import Benchmark, Metric
+from .base import Benchmark, Metric, sample_order
 
 
 #: Single-task test F1 per attribute (same order as :data:`ATTRIBUTES`), the baseline of the
@@ -109,7 +109,8 @@ class CelebABenchmark(Benchmark):
             raise ValueError(f"unknown split {split!r}; CelebA has {self.splits}")
         return self.datasets[split]
 
-    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0,
+               shard: tuple[int, int] | None = None) -> DataLoader:
         """Batches of ``split``; with ``shuffle`` the order comes from a generator seeded with
         ``seed``. The last batch may be smaller (nothing is dropped)."""
         if batch_size < 1:
@@ -117,9 +118,9 @@ class CelebABenchmark(Benchmark):
         data = self.dataset(split)
         if self.cache:
             data.cache_images(self.num_workers)
-        generator = torch.Generator().manual_seed(seed) if shuffle else None
         workers = 0 if data.cache is not None else self.num_workers
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=workers)
+        return DataLoader(data, batch_size=batch_size, sampler=sample_order(data, shuffle, seed, shard),
+                          generator=torch.Generator().manual_seed(seed), num_workers=workers)
 
     def to_device(self, batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
         images, labels = batch

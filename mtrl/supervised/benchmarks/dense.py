@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..models.base import MultiTaskModel, build_model
-from .base import Benchmark, Metric
+from .base import Benchmark, Metric, sample_order
 from ..tasks.dense import DenseTask
 
 
@@ -67,7 +67,8 @@ class DenseBenchmark(Benchmark):
     def splits(self) -> tuple[str, ...]:
         return ("train", "test")
 
-    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0,
+               shard: tuple[int, int] | None = None) -> DataLoader:
         """Batches (images (B, 3, H, W), [targets]); ``seed`` fixes the order and the
         augmentation (each loader process draws from its own stream of it)."""
         if split not in self.datasets:
@@ -80,8 +81,8 @@ class DenseBenchmark(Benchmark):
         def reseed(worker: int) -> None:
             torch.utils.data.get_worker_info().dataset.rng = np.random.default_rng([seed, worker])
 
-        generator = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate,
+        return DataLoader(data, batch_size=batch_size, sampler=sample_order(data, shuffle, seed, shard),
+                          generator=torch.Generator().manual_seed(seed), collate_fn=collate,
                           num_workers=self.num_workers, worker_init_fn=reseed if self.num_workers else None)
 
     def to_device(self, batch, device: torch.device):

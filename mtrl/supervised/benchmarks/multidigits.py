@@ -29,12 +29,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, TensorDataset
 
 from ..data.digits import CANVAS, NUM_CLASSES, PAIRS, SOURCE_SIZES, SPLITS, TASKS, build_splits
 from ..models.digits_cnn import DigitsCNN
 from ..tasks.classification import Accuracy
-from .base import Benchmark, Metric
+from .base import Benchmark, Metric, sample_order
 
 #: Single-task test accuracy per task: DigitsCNN with one head, trained alone with LS under
 #: the multidigits protocol (configs/protocol/multidigits.yaml: 20 epochs, batch 128, Adam
@@ -86,15 +86,15 @@ class MultiDigitsBenchmark(Benchmark):
             raise ValueError(f"unknown split {split!r}; multidigits has {', '.join(SPLITS)}")
         return self.datasets[split]
 
-    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0,
+               shard: tuple[int, int] | None = None) -> DataLoader:
         """Batches of ``split``, whole-tensor indexing (no per-sample collation); with
         ``shuffle`` the order comes from a generator seeded with ``seed``. The last batch
         may be smaller (nothing is dropped)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         data = self.dataset(split)
-        order = (RandomSampler(data, generator=torch.Generator().manual_seed(seed)) if shuffle
-                 else SequentialSampler(data))
+        order = sample_order(data, shuffle, seed, shard)
         return DataLoader(data, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
 
     def to_device(self, batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:

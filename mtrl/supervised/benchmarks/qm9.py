@@ -28,7 +28,7 @@ from ..data.errors import DatasetNotFound
 from ..data.qm9 import EDGE_FEATURES, NODE_FEATURES, CompleteGraph, ScaledTargets, missing_files_message
 from ..models.mpnn import MPNN
 from ..tasks.regression import TargetMAE
-from .base import Benchmark, Metric
+from .base import Benchmark, Metric, sample_order
 
 #: names of PyG's 19 QM9 targets, by column of ``data.y``
 TARGET_NAMES = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "u0", "u", "h", "g", "cv",
@@ -103,12 +103,13 @@ class QM9Benchmark(Benchmark):
             raise ValueError(f"unknown split {split!r}; choose from {', '.join(self.splits)}")
         return self._data[split]
 
-    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0) -> Iterable:
+    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int = 0,
+               shard: tuple[int, int] | None = None) -> Iterable:
         """PyG batches of ``split``; when ``shuffle`` the order follows a generator seeded
         with ``seed`` (and advances each time the same loader is iterated again)."""
-        generator = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(self._split(split), batch_size=batch_size, shuffle=shuffle,
-                          generator=generator)
+        data = self._split(split)
+        return DataLoader(data, batch_size=batch_size, sampler=sample_order(data, shuffle, seed, shard),
+                          generator=torch.Generator().manual_seed(seed))
 
     def to_device(self, batch: Batch, device: torch.device) -> Batch:
         return batch.to(device)

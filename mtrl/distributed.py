@@ -1,0 +1,98 @@
+"""The processes of a data-parallel supervised run (``torchrun --nproc_per_node N``, or the
+SLURM launcher's tasks): which one this is, the process group, and the few objects the
+processes exchange outside the aggregated backward.
+
+One process per device: on CUDA process r uses ``cuda:<LOCAL_RANK>`` and the ``nccl``
+backend, on the CPU the ``gloo`` backend.  Process 0 alone claims the run directory and
+writes logs, metrics and checkpoints; the others wait for its word (:func:`agree`) before
+they read a checkpoint, so a refused or finished run stops every process with the same
+exit code.  Without torchrun's environment (``WORLD_SIZE`` unset or 1) a run is one
+process and nothing here opens a group.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Process", "world_size", "launched", "start", "agree", "broadcast", "broadcast_state", "stop"]
+
+
+
+@dataclass(frozen=True)
+class Process:
+    """This process's place in the run: ``rank`` of ``world``, on ``device``."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """The process that writes the run directory."""
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.world > 1
+
+
+def world_size() -> int:
+    """The number of processes torchrun (or a launcher that sets its variables) started
+    for this run: ``WORLD_SIZE``, 1 without it."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched() -> bool:
+    """Whether this run has several processes."""
+    return world_size() > 1
+
+
+def start(device: str = "auto") -> Process:
+    """Open the process group of a launched run (``nccl`` where ``device`` resolves to
+    CUDA, else ``gloo``) and return this process's place; a one-process run opens
+    nothing.  ``device`` is the config's (``auto | cpu | cuda``)."""
+    if not launched():
+        return Process()
+    if dist.is_initialized():
+        return Process(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return Process(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def stop() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast(value: Any, process: Process) -> Any:
+    """Process 0's ``value`` (any picklable object) on every process."""
+    if not process.parallel:
+        return value
+    box = [value if process.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def agree(process: Process, word: Any = None) -> Any:
+    """Process 0 says ``word`` (e.g. "go", or the exit code of a run that will not run);
+    every process returns it.  The others call this with nothing and wait."""
+    return broadcast(word, process)
+
+
+@torch.no_grad()
+def broadcast_state(module: torch.nn.Module, process: Process) -> None:
+    """Process 0's parameters and buffers on every process (``DistributedDataParallel``
+    does the same at its start): replicas start equal whatever each process built."""
+    if not process.parallel:
+        return
+    for t in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(t.data, src=0)
