@@ -13,13 +13,15 @@ process and nothing here opens a group.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Process", "world_size", "launched", "start", "agree", "broadcast", "broadcast_state", "stop"]
+__all__ = ["Process", "world_size", "launched", "start", "agree", "broadcast", "broadcast_state", "stop",
+           "run_local", "free_port"]
 
 
 
@@ -96,3 +98,30 @@ def broadcast_state(module: torch.nn.Module, process: Process) -> None:
         return
     for t in [*module.parameters(), *module.buffers()]:
         dist.broadcast(t.data, src=0)
+
+
+def free_port() -> int:
+    """A TCP port of this machine that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_local(fn: Callable[..., None], world: int, *args) -> None:
+    """``fn(process, *args)`` in ``world`` processes on this machine, a ``gloo`` group among
+    them and torchrun's variables set in each (the tests and ``scripts/bench_supervised.py``
+    on a CPU); ``fn`` must be importable (a module-level function) and reports through
+    files.  Raises when a process fails."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_local_process, args=(world, free_port(), fn, args), nprocs=world, join=True)
+
+
+def _local_process(rank: int, world: int, port: int, fn: Callable[..., None], args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fn(Process(rank, world, rank), *args)
+    finally:
+        dist.destroy_process_group()

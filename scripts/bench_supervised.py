@@ -6,6 +6,7 @@ NYU-v2 (k = 3) and Cityscapes (k = 2) shapes.
     python scripts/bench_supervised.py --device cuda --modes param,rep  # paper batch sizes
     python scripts/bench_supervised.py --benchmarks celeba --aggregators pivrg,famo --repeats 5
     python scripts/bench_supervised.py --benchmarks nyuv2 --aggregators pivrg,nash_mtl,consmtl
+    python scripts/bench_supervised.py --nproc 2                        # data parallelism (gloo on the CPU)
 
 A step is ``SupervisedTrainer.train_step`` itself (forward, ``aggregators.backward``,
 ConsMTL's lower level, optimiser step) on a fixed synthetic batch of the benchmark's
@@ -38,6 +39,14 @@ linear scalarisation (``ls``, one ordinary backward) of the same benchmark and m
 measured in this run.  ``--reference`` adds rows for the reference approach: the k
 per-task gradients from k separate backward passes instead of one batched pass, then the
 same aggregation.
+
+``--nproc N`` times data parallelism instead (:mod:`aggregators.distributed`): the same
+global batch (``--dp-batch``) in one process with N threads and in N processes of one
+thread each (a ``gloo`` group on this machine; ``--device cuda`` gives each process a GPU
+and ``nccl``), for LS, PIVRG with the exact all-reduce of the k per-task gradients and
+PIVRG with ``gram_only``, on multidigits (k = 4, real data) and CelebA shapes (k = 40);
+it prints ms/step, the ratio to one process, and the bytes each process all-reduces per
+step.
 """
 
 from __future__ import annotations
@@ -251,7 +260,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="tiny shapes (QM9 4 molecules of 4-8 atoms, hidden 16; CelebA 2 images of 16 x 16; "
                          "NYU-v2 / Cityscapes 32 x 64 with a narrow SegNet-MTAN), 1 repeat")
+    ap.add_argument("--nproc", type=int, default=None,
+                    help="time data parallelism: 1 process against this many (gloo on the CPU), see above")
+    ap.add_argument("--dp-batch", type=int, default=None,
+                    help="--nproc: the global batch (default multidigits 256, CelebA 32)")
+    ap.add_argument("--dp-benchmarks", type=comma_list(tuple(DP_BATCH)), default=list(DP_BATCH),
+                    help="--nproc: multidigits and/or celeba")
     args = ap.parse_args(argv)
+    if args.nproc is not None and args.nproc < 2:
+        ap.error(f"--nproc must be >= 2, got {args.nproc}")
     for name in ("qm9_batch", "celeba_batch", "nyuv2_batch", "cityscapes_batch", "cityscapes3_batch",
                  "pascal_context_batch", "repeats", "threads"):
         value = getattr(args, name)
@@ -278,8 +295,100 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+#: ``--nproc``: (label, method, gram_only) rows, and the global batch per benchmark
+DP_ROWS = (("ls", "ls", False), ("pivrg", "pivrg", False), ("pivrg gram_only", "pivrg", True))
+DP_BATCH = {"multidigits": 256, "celeba": 32}
+
+
+def _dp_process(process, bench_name: str, batch_size: int, threads: int, args: dict, out: str) -> None:
+    """One process of a ``--nproc`` measurement: a trainer per row on this process's rows of
+    the same global batch, warm-up steps, then the rows take turns; process 0 writes the
+    median ms/step and the bytes all-reduced per step of each row to ``out``."""
+    import json
+
+    import torch.distributed as dist
+
+    from mtrl.supervised.benchmarks.multidigits import MultiDigitsBenchmark
+
+    torch.set_num_threads(threads)
+    if bench_name == "multidigits":
+        bench = MultiDigitsBenchmark()
+        batch = next(iter(bench.loader("train", batch_size, shuffle=True, seed=0)))
+    else:
+        bench = SyntheticCelebA(args["image_size"])
+        batch = celeba_batch(batch_size, args["image_size"])
+    device = torch.device(args["device"], process.local_rank) if args["device"].startswith("cuda") else torch.device("cpu")
+    shard = bench.to_device(tuple(t[process.rank::process.world] for t in batch), device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    barrier = dist.barrier if process.parallel else (lambda: None)
+    rows = []
+    with tempfile.TemporaryDirectory() as run_root:
+        for label, method, gram_only in DP_ROWS:
+            cfg = {"seed": 0, "device": device.type, "mode": "param", "aggregator": {"name": method},
+                   "aggregator_preset": bench.name, "benchmark": {"name": bench.name}, "dist": {"gram_only": gram_only},
+                   "train": {"epochs": 1, "batch_size": batch_size, "lr": 1e-4, "diagnostics_every": 0}}
+            rows.append((label, SupervisedTrainer(cfg, os.path.join(run_root, label), benchmark=bench, process=process)))
+        times = {label: [] for label, _ in rows}
+        sent = {label: 0 for label, _ in rows}
+        for repeat in range(args["warmup"] + args["repeats"]):
+            for label, trainer in rows:
+                before = trainer.reducer.bytes if trainer.reducer is not None else 0
+                barrier()
+                sync()
+                t0 = time.perf_counter()
+                trainer.train_step(shard)
+                sync()
+                if repeat >= args["warmup"]:
+                    times[label].append(time.perf_counter() - t0)
+                    sent[label] = (trainer.reducer.bytes if trainer.reducer is not None else 0) - before
+        for _, trainer in rows:
+            trainer.close()
+    if process.main:
+        with open(out, "w") as f:
+            json.dump({label: {"ms": 1e3 * statistics.median(t), "bytes": sent[label]} for label, t in times.items()}, f)
+
+
+def data_parallel_table(args: argparse.Namespace) -> None:
+    """``--nproc N``: one process with N threads against N processes of one thread each,
+    at the same global batch, per benchmark and row of :data:`DP_ROWS`."""
+    import json
+
+    from mtrl.distributed import run_local
+
+    n = args.nproc
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:   # the processes import this script by name to find _dp_process
+        sys.path.insert(0, here)
+    opts = {"image_size": args.image_size, "device": args.device, "warmup": args.warmup, "repeats": args.repeats}
+    print(f"device={args.device}; median of {args.repeats} interleaved steps after {args.warmup} warm-up step(s); "
+          f"1 process x {n} threads against {n} processes x 1 thread, the same global batch")
+    print()
+    print("| benchmark | k | global batch | method | processes | ms/step | x 1 process | MB all-reduced / process / step |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.dp_benchmarks:
+            batch = args.dp_batch or DP_BATCH[name]
+            if batch % n:
+                raise SystemExit(f"error: --dp-batch {batch} must be a multiple of --nproc {n}")
+            k = 4 if name == "multidigits" else len(ATTRIBUTES)
+            results = {}
+            for world in (1, n):
+                out = os.path.join(tmp, f"{name}-{world}.json")
+                run_local(_dp_process, world, name, batch, max(1, n // world), opts, out)
+                with open(out) as f:
+                    results[world] = json.load(f)
+            for label, _, _ in DP_ROWS:
+                for world in (1, n):
+                    r = results[world][label]
+                    print(f"| {name} | {k} | {batch} | {label} | {world} | {r['ms']:.1f} | "
+                          f"{r['ms'] / results[1][label]['ms']:.2f} | {r['bytes'] / 1e6:.2f} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.nproc:
+        data_parallel_table(args)
+        return 0
     threads = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)

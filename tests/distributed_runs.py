@@ -7,18 +7,15 @@ changes only the order of the sums)."""
 
 from __future__ import annotations
 
-import os
 import pickle
-import socket
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import aggregators
 from aggregators.distributed import Reducer
+from mtrl.distributed import run_local
 
 K, BATCH, STEPS = 3, 12, 4
 
@@ -106,21 +103,11 @@ def train_supervised(cfg: dict, run_dir: str, rank: int = 0, world: int = 1) -> 
             "bytes": trainer.reducer.bytes if trainer.reducer is not None else 0}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, cases: list[dict], out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _cases(process, cases: list[dict], out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        results = [train_supervised(case["cfg"], case["run_dir"].format(rank=rank), rank, world) if "cfg" in case
-                   else run(rank=rank, world=world, **case) for case in cases]
-    finally:
-        dist.destroy_process_group()
+    rank, world = process.rank, process.world
+    results = [train_supervised(case["cfg"], case["run_dir"].format(rank=rank), rank, world) if "cfg" in case
+               else run(rank=rank, world=world, **case) for case in cases]
     with open(Path(out) / f"rank{rank}.pkl", "wb") as f:
         pickle.dump(results, f)
 
@@ -129,7 +116,7 @@ def run_ranks(cases: list[dict], world: int, out: Path) -> list[list[dict]]:
     """Every case of ``cases`` (keyword arguments of :func:`run`, or of
     :func:`train_supervised` where it has ``cfg``; ``{rank}`` in its ``run_dir`` becomes the
     process's rank) in ``world`` gloo processes; per rank, the list of results."""
-    mp.spawn(_worker, args=(world, free_port(), cases, str(out)), nprocs=world, join=True)
+    run_local(_cases, world, cases, str(out))
     results = []
     for rank in range(world):
         with open(out / f"rank{rank}.pkl", "rb") as f:

@@ -61,3 +61,20 @@ def test_quick_run_on_the_senushkin_2023_and_guo_2025_benchmarks(capsys):
     out = capsys.readouterr().out
     assert "pascal_context: k=5, batch 2 images of 32 x 32, ResNetASPP" in out
     assert [(r[0], r[2]) for r in _rows(out)] == [("pascal_context", "ls"), ("pascal_context", "aligned_mtl")]
+
+
+@pytest.mark.slow
+def test_nproc_times_one_process_against_two_and_counts_the_traffic(capsys):
+    """--nproc 2: every row at 1 and 2 processes; one process all-reduces nothing, the exact
+    mode sends the k = 4 per-task gradients (about 4x what LS sends) and gram_only about
+    what LS sends."""
+    bench = _bench()
+    assert bench.main(["--nproc", "2", "--dp-benchmarks", "multidigits", "--dp-batch", "16", "--repeats", "1",
+                       "--warmup", "0"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert [(r[3], r[4]) for r in rows] == [(m, w) for m in ("ls", "pivrg", "pivrg gram_only") for w in ("1", "2")]
+    sent = {(r[3], r[4]): float(r[7]) for r in rows}
+    assert all(sent[(m, "1")] == 0 for m in ("ls", "pivrg", "pivrg gram_only"))
+    assert 3.5 < sent[("pivrg", "2")] / sent[("ls", "2")] < 4.5
+    assert 0.9 < sent[("pivrg gram_only", "2")] / sent[("ls", "2")] < 1.1
+    assert all(float(r[5]) > 0 for r in rows)

@@ -104,9 +104,10 @@ def test_traffic_of_the_exact_mode_is_k_per_task_gradients(two_ranks):
 
 
 def test_methods_without_a_data_parallel_form_are_refused():
-    import torch.distributed as dist
-    from distributed_runs import free_port
     import os
+
+    import torch.distributed as dist
+    from mtrl.distributed import free_port
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
