@@ -88,6 +88,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
@@ -170,6 +171,17 @@ class _Call:
     ok: Tensor | None = None              # "mask": the device flag, all checks so far
     rows: Tensor | None = None            # the tasks drawn this step (tasks_per_step); None: all
     reducer: Reducer | None = None        # data parallelism: what is all-reduced (aggregators.distributed)
+    scale: float = 1.0                    # loss_scale: every backward differentiates scale * objective
+
+    def unscaled(self, x: Tensor, power: int = 1) -> Tensor:
+        """What the method sees of a gradient quantity of the scaled losses (degree
+        ``power`` in them: 1 for gradients, 2 for Gram matrices), in float32 at least."""
+        x = _high(x)
+        return x if self.scale == 1.0 else x / self.scale ** power
+
+    def rescaled(self, d: Tensor) -> Tensor:
+        """A direction the method returned, as a gradient of the scaled losses."""
+        return d if self.scale == 1.0 else d * self.scale
 
     @property
     def exact_rows(self) -> bool:
@@ -208,7 +220,7 @@ class _Call:
 
     def agg_losses(self) -> Tensor:
         """The detached losses the aggregator sees ("mask": ones where not finite)."""
-        losses = self.losses.detach()
+        losses = self.unscaled(self.losses.detach())
         return torch.where(torch.isfinite(losses), losses, torch.ones_like(losses)) if self.masked else losses
 
     def safe(self, x: Tensor | None, fill: str = "zeros") -> Tensor | None:
@@ -221,7 +233,7 @@ class _Call:
 
     def result(self, weights, norm, gram=None, cosines=None, path=None) -> BackwardResult:
         diagnostics = _diagnostics(gram, cosines) if self.want_diagnostics else None
-        return BackwardResult(self.losses.detach(), weights, norm.detach().to(torch.float64), self.names,
+        return BackwardResult(self.unscaled(self.losses.detach()), weights, norm.detach().to(torch.float64), self.names,
                               diagnostics, None if gram is None else gram.detach().to(torch.float64),
                               finite=self.ok if self.masked else True, path=path or self.path)
 
@@ -234,7 +246,7 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, shared: n
              representation: Tensor | Sequence[Tensor] | None = None,
              low_memory: bool = False, chunk_numel: int = 1 << 22, diagnostics: bool = False,
              task_names: Sequence[str] | None = None, retain_graph: bool = False,
-             reducer: Reducer | None = None) -> BackwardResult:
+             reducer: Reducer | None = None, loss_scale: float = 1.0) -> BackwardResult:
     """Fill ``.grad`` with the aggregated update of k losses (see the module docstring).
 
     Args:
@@ -284,6 +296,12 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, shared: n
             process passes the losses of its shard of the batch, and every process
             writes the update of the union batch (exactly, or with ``gram_only`` from the
             mean of the shards' Gram matrices; see :mod:`aggregators.distributed`).
+        loss_scale: mixed precision's loss scale S (``torch.amp.GradScaler.get_scale()``):
+            every backward differentiates S times its objective, so that float16
+            activation gradients do not underflow, and every gradient written is S times
+            the update (what ``GradScaler.step`` unscales); the method sees the unscaled
+            losses, gradients and Gram matrix.  Per-task gradients of a lower precision
+            (the representation's under autocast) reach the method in float32.
 
     Bad input raises ``ValueError`` naming the task before any ``.grad`` is written.  Bad
     input means: non-scalar losses; a loss reaching no shared parameter; a shared parameter
@@ -298,12 +316,20 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, shared: n
     explicit = task_params is not None
     params, labels = _shared_parameters(shared, allow_empty=explicit)
     feats = _features(features)
+    if not (isinstance(loss_scale, (int, float)) and math.isfinite(loss_scale) and loss_scale > 0):
+        raise ValueError(f"loss_scale must be a positive finite number, got {loss_scale!r}")
+    if loss_scale != 1.0 and agg.requires_grads and agg.needs_graph:
+        raise ValueError(f"{agg.name} differentiates through the per-task gradients: use it without loss scaling "
+                         "(train.amp=bf16 or off)")
     if reducer is not None:
         if not isinstance(reducer, Reducer):
             raise ValueError(f"reducer must be an aggregators.distributed.Reducer, got {type(reducer).__name__}")
         check_method(agg, reducer.gram_only, representation=bool(feats))
         global_losses = reducer.mean([loss_vec.detach()])[0]
         loss_vec = loss_vec + (global_losses - loss_vec.detach())   # the union's values, this shard's gradients
+    loss_scale = float(loss_scale)
+    if loss_scale != 1.0:
+        loss_vec = loss_vec * loss_scale
     if low_memory and agg.requires_grads:
         _check_low_memory(agg, feats)
     if not isinstance(chunk_numel, int) or chunk_numel < 1:
@@ -318,7 +344,8 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, shared: n
         _check_records(records, params, len(names))
     lower = heads is not None and agg.has_lower_level
     call = _Call(names, loss_vec, agg, params, others, feats, diagnostics, retain_graph, path,
-                 task_grads == "own", nonfinite, records if path == "split" else [], reducer=reducer)
+                 task_grads == "own", nonfinite, records if path == "split" else [], reducer=reducer,
+                 scale=loss_scale)
     if lower:
         call.heads = _heads(heads, len(names))
         call.representation = _features(representation) if representation is not None else feats
@@ -346,7 +373,7 @@ def backward(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, shared: n
                 _lower_level(call, rep_grads)
     except _Skip:
         nan = torch.full((), float("nan"), dtype=torch.float64, device=loss_vec.device)
-        return BackwardResult(loss_vec.detach(), None, nan, names, finite=False, path=path)
+        return BackwardResult(call.unscaled(loss_vec.detach()), None, nan, names, finite=False, path=path)
     return out
 
 
@@ -380,7 +407,7 @@ def _loss_only(call: _Call, chunk_numel: int | None) -> BackwardResult:
     are ones (LS), else from a second backward restricted to them."""
     agg = call.agg
     gram = _chunked_gram(call, call.params, chunk_numel) if call.want_diagnostics and call.params else None
-    total = agg.loss(call.losses)
+    total = agg.loss(call.losses) if call.scale == 1.0 else call.scale * agg.loss(call.losses / call.scale)
     method_params = _method_params(agg)
     separate = bool(call.own and call.others and not agg.unit_weights)
     first = [*call.params, *method_params, *([] if separate else call.others)]
@@ -391,7 +418,7 @@ def _loss_only(call: _Call, chunk_numel: int | None) -> BackwardResult:
     grads = call.averaged(grads)
     _check_finite(call, None if gram is None else gram.diagonal(), grads)
     _accumulate(call, first, grads)
-    norm = _total_norm(grads[:len(call.params)])
+    norm = _total_norm(grads[:len(call.params)]) / call.scale
     w = agg.weights
     cos = None if gram is None else diag.direction_cosines_from_gram(gram, w)
     return call.result(w, norm, gram, cos, path="loss-only")
@@ -411,8 +438,8 @@ def _full(call: _Call) -> BackwardResult:
         gram = functools.reduce(torch.add, [b.gram() for b in blocks])
         if call.reducer is not None and call.reducer.gram_only:
             gram = call.reducer.mean([gram])[0]
-        gram = call.padded(gram)
-    Gd = None if by_gram else _join(blocks).detach()
+        gram = call.padded(call.unscaled(gram, 2))
+    Gd = None if by_gram else call.unscaled(_join(blocks).detach())
     _check_finite(call, gram.diagonal() if gram is not None else _row_max(Gd))
     gram, Gd = call.safe(gram, "eye"), call.safe(Gd)
     if by_gram:
@@ -422,7 +449,7 @@ def _full(call: _Call) -> BackwardResult:
     else:
         w, d = _aggregate(call, Gd, gram)
         d = _add_penalty(call, d, _join(blocks), call.params)
-        parts = _split_flat(d, call.params)
+        parts = _split_flat(call.rescaled(d), call.params)
         norm = torch.linalg.vector_norm(d)
     if not call.exact_rows:    # this shard's direction (Gram-only): the mean is the union's
         parts = call.averaged(parts)
@@ -463,7 +490,7 @@ def _feature_level(call: _Call) -> BackwardResult:
     trunk gradient is ``J_z^T sum_i w_i dl_i/dz = J_z^T d_z``."""
     agg = call.agg
     Gz = _rows(_per_task(call, call.features, agg.needs_graph))
-    Gd = Gz.detach()
+    Gd = call.unscaled(Gz.detach())
     gram = None
     if isinstance(agg, GramWeighting) or call.want_diagnostics:
         gram = Gd @ Gd.T
@@ -476,7 +503,7 @@ def _feature_level(call: _Call) -> BackwardResult:
         return _gram_weighted_backward(call, gram)
     w, d = _aggregate(call, Gd, gram)
     d = _add_penalty(call, d, Gz, call.features)
-    trunk = torch.autograd.grad(call.features, call.params, grad_outputs=_split_flat(d, call.features),
+    trunk = torch.autograd.grad(call.features, call.params, grad_outputs=_split_flat(call.rescaled(d), call.features),
                                 retain_graph=True, allow_unused=True)
     trunk, others = call.averaged(trunk), call.averaged(_others_grads(call, w))
     _check_finite(call, None, [*trunk, *others])
@@ -494,7 +521,8 @@ def _lower_level(call: _Call, rep_grads: Tensor) -> None:
     flat = [q for h in call.heads for q in h]
     own = torch.autograd.grad(call.losses.sum(), flat, retain_graph=True, allow_unused=True,
                               materialize_grads=True)
-    extra = torch.autograd.grad(agg.extra_losses(rep_grads).sum(), flat, allow_unused=True,
+    extra_losses = agg.extra_losses(call.unscaled(rep_grads)).sum()   # scaled below, as the task gradients are
+    extra = torch.autograd.grad(call.rescaled(extra_losses), flat, allow_unused=True,
                                 materialize_grads=True, retain_graph=call.retain_graph)
     if call.reducer is not None:   # the extra loss is bilinear in the representation gradients (1/R each)
         own = call.reducer.mean(own)
@@ -737,12 +765,17 @@ def _chunked_gram(call: _Call, params: list[Tensor], chunk_numel: int | None) ->
         del J  # free this chunk before the next one is computed
     if call.reducer is not None and call.reducer.gram_only:
         gram = call.reducer.mean([gram])[0]
-    return gram
+    return call.unscaled(gram, 2)
 
 
 def _rows(parts: list[Tensor]) -> Tensor:
     """(k, n) matrix from per-input batched gradients of shape (k, *input.shape)."""
     return torch.cat([g.reshape(g.shape[0], -1) for g in parts], dim=1)
+
+
+def _high(x: Tensor) -> Tensor:
+    """``x`` in float32 where it is in a lower precision (autocast's float16 / bfloat16)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _flat(parts) -> Tensor:

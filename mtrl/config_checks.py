@@ -135,6 +135,7 @@ SUPERVISED_RULES = {
     "train.per_task_grads": Choice(("auto", "batched", "loop")),
     "train.task_grads": Choice(TASK_GRADS),
     "train.scheduler.name": Choice(("step", "plateau", "poly", "none")),
+    "train.amp": Choice(("off", "bf16", "fp16")),
     "dist.gram_only": Bool(),
 }
 

@@ -63,6 +63,8 @@ from .registry import benchmark_metrics, build_benchmark
 
 CHECKPOINT_FORMAT = 2
 MODES = config_checks.SUPERVISED_RULES["mode"].values
+#: ``train.amp``: the forward's autocast dtype
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def prepare_config(cfg: dict, world: int | None = None) -> dict:
@@ -134,6 +136,9 @@ class SupervisedTrainer:
         self.per_task = t.get("per_task_grads", "auto")
         self.task_grads = t.get("task_grads", "weighted")
         self.mode = cfg.get("mode", "param")
+        #: autocast's dtype (None: float32), and fp16's loss scaler
+        self.amp = AMP_DTYPES[t.get("amp", "off")]
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == torch.float16 else None
         random.seed(self.seed)
         np.random.seed(self.seed)
         torch.manual_seed(self.seed)
@@ -198,6 +203,7 @@ class SupervisedTrainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "best": self.best, "recent": self.recent, "evaluations": self.evaluations,
                 "weights_sum": self.weights_sum, "weights_steps": self.weights_steps,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
 
     def _restore(self, state: dict) -> None:
@@ -212,6 +218,8 @@ class SupervisedTrainer:
             self.agg.load_state_dict(state["aggregator"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{self.ckpt_path} does not fit this run ({exc}); use a new run directory") from None
         self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), state["best"]
@@ -228,9 +236,14 @@ class SupervisedTrainer:
         """Forward, aggregated backward (plus ConsMTL's lower level), optimiser step."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        z = self.model.encode(self.bench.inputs(batch))
-        outputs = self.model.decode(z)
-        losses = self.bench.task_losses(outputs, batch)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            z = self.model.encode(self.bench.inputs(batch))
+            outputs = self.model.decode(z)
+            losses = self.bench.task_losses(outputs, batch)
+        losses = losses.float()
+        self.last_outputs = [o.detach().float() for o in outputs]
+        # the scaler's current scale, as it scales a unit loss (which also starts it on the first step)
+        scale = 1.0 if self.scaler is None else float(self.scaler.scale(torch.ones((), device=self.device)))
         names = tuple(self.bench.tasks)
         diag = self.diagnostics_every > 0 and self.step % self.diagnostics_every == 0
         shared = self.model.shared_parameters()
@@ -238,14 +251,21 @@ class SupervisedTrainer:
         info = aggregators.backward(list(losses), shared, self.agg, features=z if self.mode == "rep" else None,
                                     diagnostics=diag, task_names=names, per_task=self.per_task,
                                     task_grads=self.task_grads, heads=self.heads, representation=z,
-                                    reducer=self.reducer)
+                                    reducer=self.reducer, loss_scale=scale,
+                                    nonfinite="raise" if self.scaler is None else "skip")
         self.last_layer = None if last is None else _last_layer_scalars(last, names)
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        elif info.finite:   # GradScaler unscales the scaled gradients, checks them and steps (or not)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:               # the scaled losses or per-task gradients overflowed: nothing written, back off
+            self.scaler.update(scale * self.scaler.get_backoff_factor())
+            return info
         if self.after_step:  # FAMO: the losses of the updated model on the same batch (the union's)
             with torch.no_grad():
                 after = self.bench.task_losses(self.model(self.bench.inputs(batch)), batch)
                 self.agg.after_step(after if self.reducer is None else self.reducer.mean([after])[0])
-        self.last_outputs = [o.detach() for o in outputs]
         return info
 
     def _last_layer_grads(self, losses: torch.Tensor) -> tuple[torch.Tensor, list]:
