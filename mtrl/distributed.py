@@ -45,8 +45,21 @@ class Process:
 
 def world_size() -> int:
     """The number of processes torchrun (or a launcher that sets its variables) started
-    for this run: ``WORLD_SIZE``, 1 without it."""
+    for this run: ``WORLD_SIZE``, 1 without it.  Under Hydra's submitit launcher with
+    ``tasks_per_node`` (times ``nodes``) above 1, the SLURM tasks of the job are the
+    processes: submitit's ``TorchDistributedEnvironment`` exports torchrun's variables
+    from them first."""
+    if "WORLD_SIZE" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR") == "slurm" \
+            and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)   # LOCAL_RANK picks the GPU
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def under_torchrun() -> bool:
+    """Whether torchrun's elastic agent started this process (it runs one run)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def launched() -> bool:

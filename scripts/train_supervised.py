@@ -52,9 +52,9 @@ def main() -> None:
 
         process = distributed.start(str(cfg.get("device", "auto")))
         run_dir, sweep, _, config = launch.hydra_job(cfg, SUPERVISED_KEYS)
-        if process.parallel and sweep:
-            print("error: a torchrun launch runs one run; sweep with a launcher that gives each run its processes "
-                  "(README, 'Several GPUs')", file=sys.stderr)
+        if process.parallel and sweep and distributed.under_torchrun():
+            print("error: a torchrun launch runs one run; sweep with hydra/launcher=slurm, which gives each run "
+                  "its own tasks (README, 'Several GPUs')", file=sys.stderr)
             raise SystemExit(2)
         told = False
 

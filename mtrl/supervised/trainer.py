@@ -21,7 +21,9 @@ Under ``torchrun --nproc_per_node R`` (:mod:`mtrl.distributed`) each process tra
 its shard of every batch (``train.batch_size`` is the global batch, B / R per process,
 ``DistributedSampler``) and the aggregated backward all-reduces what makes every process
 apply the union batch's update (:mod:`aggregators.distributed`: exact by default,
-``dist.gram_only=true`` for the Gram-matrix approximation).  Process 0 evaluates and
+``dist.gram_only=true`` for the Gram-matrix approximation).  On CUDA, batch norm layers
+become ``SyncBatchNorm`` (the union's statistics); on the CPU, where it does not run,
+each process normalises with its own shard's statistics, as plain data parallelism does.  Process 0 evaluates and
 broadcasts the values, so every process feeds the same dm_i to the method; it alone
 writes the run directory.  Checkpoints hold no world size: a run resumes under any.
 
@@ -154,6 +156,8 @@ class SupervisedTrainer:
             raise ConfigError(f"model options {cfg.get('model')} do not fit benchmark {self.bench.name}: {exc}") from None
         except FileNotFoundError as exc:   # model.weights=PATH that is not there
             raise ConfigError(str(exc)) from None
+        if self.process.parallel and self.device.type == "cuda":   # batch statistics of the union batch
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.agg = build_aggregator(cfg["aggregator"], k).to(self.device)
         #: what the aggregated backward all-reduces (None: one process)
         self.reducer = None

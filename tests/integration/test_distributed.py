@@ -176,3 +176,69 @@ def test_a_two_process_run_resumes_in_one_process(trainer_runs):
     resumed, one = trainer_runs["resumed"], trainer_runs["one"]["pivrg"]
     assert [e["epoch"] for e in resumed["evaluations"]] == [1, 2]
     assert _max_diff(resumed["params"], one["params"]) < 1e-5
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux /proc), children first."""
+    import os
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        out += children
+        frontier = children
+    return out
+
+
+def test_a_killed_two_process_run_resumes_as_if_uninterrupted(tmp_path):
+    """torchrun with two gloo processes, SIGKILLed (agent and workers) after its first
+    checkpoint; the same command continues it, and its records equal an uninterrupted run's."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import ROOT
+
+    def command(run_dir):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                str(ROOT / "scripts" / "train_supervised.py"), "benchmark=multidigits", "aggregator=pivrg",
+                "train.epochs=4", "train.max_batches=15", f"hydra.run.dir={run_dir}"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    proc = subprocess.Popen(command(killed), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = killed / "checkpoints" / "latest.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    for pid in [proc.pid, *_descendants(proc.pid)]:   # torchrun starts its workers in sessions of their own
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    assert ckpt.exists()
+    done = len((killed / "metrics.jsonl").read_text().splitlines())
+    assert done < 4
+    res = subprocess.run(command(killed), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "(2 processes) (resuming after epoch" in res.stdout
+    res = subprocess.run(command(whole), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+    def records(run_dir):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    assert [r["epoch"] for r in records(killed)] == [1, 2, 3, 4]
+    assert records(killed) == records(whole)
