@@ -60,6 +60,10 @@ Other modes:
   task's head) and the ``representation`` the heads read, head i receives
   ``grad l_i + clip(grad L_i^extra)`` (ConsMTL eqs. 7-8) instead of its upper-level
   gradient.
+* ``reducer=Reducer(...)`` (data parallelism, :mod:`aggregators.distributed`): each
+  process passes its shard's losses and every process writes the union batch's update.
+* ``loss_scale=S`` (mixed precision): every backward differentiates S times its objective
+  and writes S times the update, while the method sees the unscaled values.
 
 Non-finite losses or gradients (``nonfinite``):
 
