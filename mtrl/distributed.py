@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-__all__ = ["Process", "world_size", "launched", "start", "agree", "broadcast", "broadcast_state", "stop",
+__all__ = ["Process", "world_size", "launched", "start", "agree", "broadcast", "gather", "broadcast_state", "stop",
            "run_local", "free_port"]
 
 
@@ -95,6 +95,16 @@ def broadcast(value: Any, process: Process) -> Any:
     box = [value if process.main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather(value: Any, process: Process) -> list | None:
+    """Every process's ``value`` (picklable, on the CPU), in rank order, on process 0;
+    None on the others."""
+    if not process.parallel:
+        return [value]
+    out = [None] * process.world if process.main else None
+    dist.gather_object(value, out, dst=0)
+    return out
 
 
 def agree(process: Process, word: Any = None) -> Any:

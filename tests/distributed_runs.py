@@ -103,19 +103,40 @@ def train_supervised(cfg: dict, run_dir: str, rank: int = 0, world: int = 1) -> 
             "bytes": trainer.reducer.bytes if trainer.reducer is not None else 0}
 
 
+def evaluate_supervised(cfg: dict, run_dir: str, rank: int = 0, world: int = 1) -> dict | None:
+    """The val and test metrics of ``cfg``'s freshly built model (process 0; None on the
+    others), evaluated by ``world`` processes."""
+    from mtrl.distributed import Process
+    from mtrl.supervised.trainer import SupervisedTrainer
+
+    torch.set_num_threads(1)
+    trainer = SupervisedTrainer(cfg, run_dir, process=Process(rank, world))
+    try:
+        values = {split: trainer.evaluate(split) for split in ("val", "test")}
+    finally:
+        trainer.close()
+    return values if rank == 0 else None
+
+
 def _cases(process, cases: list[dict], out: str) -> None:
     torch.set_num_threads(1)
     rank, world = process.rank, process.world
-    results = [train_supervised(case["cfg"], case["run_dir"].format(rank=rank), rank, world) if "cfg" in case
-               else run(rank=rank, world=world, **case) for case in cases]
+    results = []
+    for case in cases:
+        if "cfg" in case:
+            act = evaluate_supervised if case.get("evaluate") else train_supervised
+            results.append(act(case["cfg"], case["run_dir"].format(rank=rank), rank, world))
+        else:
+            results.append(run(rank=rank, world=world, **case))
     with open(Path(out) / f"rank{rank}.pkl", "wb") as f:
         pickle.dump(results, f)
 
 
 def run_ranks(cases: list[dict], world: int, out: Path) -> list[list[dict]]:
     """Every case of ``cases`` (keyword arguments of :func:`run`, or of
-    :func:`train_supervised` where it has ``cfg``; ``{rank}`` in its ``run_dir`` becomes the
-    process's rank) in ``world`` gloo processes; per rank, the list of results."""
+    :func:`train_supervised` where it has ``cfg``, :func:`evaluate_supervised` where it also
+    has ``evaluate``; ``{rank}`` in its ``run_dir`` becomes the process's rank) in ``world``
+    gloo processes; per rank, the list of results."""
     run_local(_cases, world, cases, str(out))
     results = []
     for rank in range(world):

@@ -23,9 +23,12 @@ its shard of every batch (``train.batch_size`` is the global batch, B / R per pr
 apply the union batch's update (:mod:`aggregators.distributed`: exact by default,
 ``dist.gram_only=true`` for the Gram-matrix approximation).  On CUDA, batch norm layers
 become ``SyncBatchNorm`` (the union's statistics); on the CPU, where it does not run,
-each process normalises with its own shard's statistics, as plain data parallelism does.  Process 0 evaluates and
-broadcasts the values, so every process feeds the same dm_i to the method; it alone
-writes the run directory.  Checkpoints hold no world size: a run resumes under any.
+each process normalises with its own shard's statistics, as plain data parallelism
+does.  The processes share an evaluation's forward passes and process 0 updates the
+metric state with every batch in the one-process order (:meth:`SupervisedTrainer.evaluate`),
+then broadcasts the values, so every process feeds the same dm_i to the method; process 0
+alone writes the run directory.  Checkpoints hold no world size:
+a run resumes under any.
 
 Once per epoch the selection split (``val``, or ``train`` where the benchmark has none)
 is evaluated: its per-task drops dm_i (PIVRG eq. 3, ``mtrl.metrics``) feed the
@@ -47,7 +50,6 @@ import torch
 from tqdm import tqdm
 
 import aggregators
-
 from aggregators.distributed import Reducer, check_method
 
 from .. import config_checks
@@ -281,15 +283,34 @@ class SupervisedTrainer:
 
     # -- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, split: str) -> dict[str, float]:
+    def evaluate(self, split: str) -> dict[str, float] | None:
+        """The metrics of ``split``.  Under R processes every process calls this: process r
+        runs the forward of batches r, r + R, ...; process 0 gathers each group of R
+        batches' outputs and updates the metric state with them in the one-process order,
+        so the values are the one-process values; it returns them (the others None)."""
         self.model.eval()
-        state = self.bench.metric_state()
-        for i, batch in enumerate(self.bench.loader(split, self.eval_batch_size, shuffle=False)):
-            if self.max_batches is not None and i >= int(self.max_batches):
+        state = self.bench.metric_state() if self.process.main else None
+        world, rank = self.process.world, self.process.rank
+        mine = None   # this process's batch of the current group of R: (outputs, batch) on the CPU
+        cpu = torch.device("cpu")
+        loader = self.bench.loader(split, self.eval_batch_size, shuffle=False)
+        n = len(loader) if self.max_batches is None else min(len(loader), int(self.max_batches))
+        for i, batch in enumerate(loader):
+            if i >= n:
                 break
-            batch = self.bench.to_device(batch, self.device)
-            state.update(self.model(self.bench.inputs(batch)), batch)
-        return state.compute()
+            if world == 1:
+                batch = self.bench.to_device(batch, self.device)
+                state.update(self.model(self.bench.inputs(batch)), batch)
+                continue
+            if i % world == rank:
+                outputs = self.model(self.bench.inputs(self.bench.to_device(batch, self.device)))
+                mine = ([o.to(cpu) for o in outputs], batch)   # the batch as the loader gave it (CPU)
+            if i % world == world - 1 or i == n - 1:   # a group of R batches (or the last, shorter one)
+                for item in distributed.gather(mine, self.process) or []:
+                    if item is not None:
+                        state.update([o.to(self.device) for o in item[0]], self.bench.to_device(item[1], self.device))
+                mine = None
+        return state.compute() if state is not None else None
 
     def _feed_performance(self, dm_i: dict[str, float]) -> None:
         if self.agg.uses_performance:
@@ -331,12 +352,11 @@ class SupervisedTrainer:
                     self.log.scalars({f"train/{k}": v for k, v in self.last_layer.items()}, self.step)
             bar.close()
             self.agg.end_epoch()
-            values = None
-            if self.process.main:   # process 0's shard for the training metrics, whole splits for the others
-                values = {"train": train_state.compute()}
-                for split in ("val", "test"):
-                    if split in self.bench.splits and split != "train":
-                        values[split] = self.evaluate(split)
+            # process 0's shard for the training metrics, whole splits (sharded forwards) for the others
+            values = {"train": train_state.compute()}
+            for split in ("val", "test"):
+                if split in self.bench.splits and split != "train":
+                    values[split] = self.evaluate(split)
             values = distributed.broadcast(values, self.process)
             dm, dm_i = selection_score(values[sel], self.bench)
             self._feed_performance(dm_i)

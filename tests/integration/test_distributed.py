@@ -138,19 +138,23 @@ TRAINER_METHODS = ["ls", "pivrg", "nash_mtl", "mgda", "consmtl"]
 def trainer_runs(tmp_path_factory) -> dict:
     """Two epochs of 3 batches of 32 on multidigits per method: one process, and two
     processes of 16 each; then a run of one epoch on two processes resumed by one."""
-    from distributed_runs import supervised_config, train_supervised
+    from distributed_runs import evaluate_supervised, supervised_config, train_supervised
     base = tmp_path_factory.mktemp("trainer")
     # each process is handed its own directory here, to show that only process 0 writes
     cases = [{"cfg": supervised_config(m, epochs=2), "run_dir": str(base / f"two-{m}-{{rank}}")}
              for m in TRAINER_METHODS]
     cases.append({"cfg": supervised_config("pivrg", epochs=1), "run_dir": str(base / "resume")})
+    # evaluation: 5 batches of 64 (two groups of two and a last one of one batch)
+    evaluation = supervised_config("ls", max_batches=5, eval_batch_size=64)
+    cases.append({"cfg": evaluation, "run_dir": str(base / "eval-{rank}"), "evaluate": True})
     two = run_ranks(cases, world=2, out=base)
     one = {m: train_supervised(supervised_config(m, epochs=2), str(base / f"one-{m}")) for m in TRAINER_METHODS}
     resumed = train_supervised(supervised_config("pivrg", epochs=2), str(base / "resume"))
     torch.manual_seed(0)
     from mtrl.supervised.benchmarks.multidigits import MultiDigitsBenchmark
     initial = {n: p.detach().clone() for n, p in MultiDigitsBenchmark().build_model().named_parameters()}
-    return {"initial": initial, "two": {m: (two[0][i], two[1][i]) for i, m in enumerate(TRAINER_METHODS)}, "one": one,
+    return {"initial": initial, "evaluation": (two[0][-1], two[1][-1], evaluate_supervised(evaluation, str(base / "eval"))),
+            "two": {m: (two[0][i], two[1][i]) for i, m in enumerate(TRAINER_METHODS)}, "one": one,
             "resumed": resumed, "base": base}
 
 
@@ -163,6 +167,15 @@ def test_the_trainer_on_two_processes_trains_as_one_process(trainer_runs, method
         _assert_same(rank["aggregator"], trainer_runs["two"][method][0]["aggregator"])
         assert [e["val_delta_m"] for e in rank["evaluations"]] == pytest.approx(
             [e["val_delta_m"] for e in one["evaluations"]], abs=1e-3)
+
+
+def test_two_processes_evaluate_a_split_to_the_one_process_values(trainer_runs):
+    """Process r runs the forward of every other batch; process 0 updates the metric
+    state in the one-process order, so the values are equal (a shorter last group too)."""
+    rank0, rank1, one = trainer_runs["evaluation"]
+    assert rank1 is None
+    assert rank0 == one
+    assert set(one) == {"val", "test"} and all(0 < v < 1 for values in one.values() for v in values.values())
 
 
 def test_rank_zero_alone_writes_the_run_directory(trainer_runs):
