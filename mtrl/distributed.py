@@ -4,7 +4,7 @@ processes exchange outside the aggregated backward.
 
 One process per device: on CUDA process r uses ``cuda:<LOCAL_RANK>`` and the ``nccl``
 backend, on the CPU the ``gloo`` backend.  Process 0 alone claims the run directory and
-writes logs, metrics and checkpoints; the others wait for its word (:func:`agree`) before
+writes logs, metrics and checkpoints; the others wait for its word (:func:`broadcast`) before
 they read a checkpoint, so a refused or finished run stops every process with the same
 exit code.  Without torchrun's environment (``WORLD_SIZE`` unset or 1) a run is one
 process and nothing here opens a group.
@@ -20,14 +20,14 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-__all__ = ["Process", "world_size", "launched", "start", "agree", "broadcast", "gather", "broadcast_state", "stop",
+__all__ = ["Process", "world_size", "launched", "start", "broadcast", "gather", "broadcast_state", "stop",
            "run_local", "free_port"]
-
 
 
 @dataclass(frozen=True)
 class Process:
-    """This process's place in the run: ``rank`` of ``world``, on ``device``."""
+    """This process's place in the run: ``rank`` of ``world``, ``local_rank`` on its node
+    (its CUDA device)."""
 
     rank: int = 0
     world: int = 1
@@ -73,13 +73,12 @@ def start(device: str = "auto") -> Process:
     nothing.  ``device`` is the config's (``auto | cpu | cuda``)."""
     if not launched():
         return Process()
-    if dist.is_initialized():
-        return Process(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if cuda else "gloo")
+    if not dist.is_initialized():
+        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo")
     return Process(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
@@ -105,12 +104,6 @@ def gather(value: Any, process: Process) -> list | None:
     out = [None] * process.world if process.main else None
     dist.gather_object(value, out, dst=0)
     return out
-
-
-def agree(process: Process, word: Any = None) -> Any:
-    """Process 0 says ``word`` (e.g. "go", or the exit code of a run that will not run);
-    every process returns it.  The others call this with nothing and wait."""
-    return broadcast(word, process)
 
 
 @torch.no_grad()

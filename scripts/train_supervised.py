@@ -61,7 +61,7 @@ def main() -> None:
         def train(config: dict) -> None:
             nonlocal told
             if process.main and process.parallel:   # the directory is claimed and checked: the others may read it
-                distributed.agree(process, "go")
+                distributed.broadcast("go", process)
                 told = True
             trainer = SupervisedTrainer(config, run_dir, process=process)
             if process.main:
@@ -87,13 +87,13 @@ def main() -> None:
                                          length="epochs", sweep=sweep, body=train)
                 except SystemExit as exc:
                     if not told and process.parallel:
-                        distributed.agree(process, exc.code)
+                        distributed.broadcast(exc.code, process)
                         told = True
                     raise
                 if not told and process.parallel:   # finished already (skipped): everyone stops
-                    distributed.agree(process, 0)
+                    distributed.broadcast(0, process)
             else:
-                word = distributed.agree(process)
+                word = distributed.broadcast(None, process)   # process 0's word: "go" or an exit code
                 if word != "go":
                     raise SystemExit(word)
                 try:

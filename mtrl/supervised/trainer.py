@@ -87,11 +87,16 @@ def prepare_config(cfg: dict, world: int | None = None) -> dict:
                               f"{world} processes (each takes batch_size / {world})")
         k = len({m.task for m in benchmark_metrics(cfg["benchmark"])})
         try:
-            check_method(build_aggregator(cfg["aggregator"], k), bool((cfg.get("dist") or {}).get("gram_only")),
+            check_method(build_aggregator(cfg["aggregator"], k), _gram_only(cfg),
                          representation=cfg.get("mode") == "rep")
         except ValueError as exc:
             raise ConfigError(f"{exc} (this run has {world} processes)") from None
     return cfg
+
+
+def _gram_only(cfg: dict) -> bool:
+    """``dist.gram_only``: all-reduce Gram matrices instead of per-task gradients."""
+    return bool((cfg.get("dist") or {}).get("gram_only", False))
 
 
 def delta_m_report(values: dict[str, float], bench: Benchmark) -> dict:
@@ -164,7 +169,7 @@ class SupervisedTrainer:
         #: what the aggregated backward all-reduces (None: one process)
         self.reducer = None
         if self.process.parallel:
-            self.reducer = Reducer(gram_only=bool((cfg.get("dist") or {}).get("gram_only", False)))
+            self.reducer = Reducer(gram_only=_gram_only(cfg))
         if self.mode == "rep" and self.agg.coordinate_state:
             raise ConfigError(f"mode=rep: {self.agg.name} keeps per-coordinate gradient statistics across steps, "
                               f"and the representation's coordinates are the samples of each batch: use mode=param")
@@ -324,9 +329,8 @@ class SupervisedTrainer:
         while self.epoch < self.epochs:
             t0 = time.perf_counter()
             train_state = self.bench.train_metric_state()
-            shard = (self.process.rank, self.process.world) if self.process.parallel else None
             loader = self.bench.loader("train", self.shard_batch, shuffle=True, seed=self.seed * 100_003 + self.epoch,
-                                       shard=shard)
+                                       shard=(self.process.rank, self.process.world))
             n = len(loader) if self.max_batches is None else min(len(loader), int(self.max_batches))
             losses_sum = torch.zeros(self.bench.num_tasks, dtype=torch.float64, device=self.device)
             weights_sum = torch.zeros(self.bench.num_tasks, dtype=torch.float64, device=self.device)
